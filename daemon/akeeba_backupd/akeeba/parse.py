@@ -1,0 +1,162 @@
+"""Turn a reply body into the API envelope, defensively (PROTOCOL.md §3 and §4).
+
+Real sites print PHP notices, BOMs or whole HTML templates around the JSON, wrap v1 replies in
+``###``, and encode v1 ``data`` a second time. Everything here is pure: bytes or text in, values
+or :class:`BadResponseError` out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from .errors import BadResponseError
+
+MAX_BRACE_TRIES = 20
+"""How many ``{`` positions to try when junk surrounds the JSON (bounded: bodies can be huge)."""
+
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The API's answer: ``status`` (200 is success) and ``data`` (result or error message)."""
+
+    status: int
+    data: object
+
+
+def extract_payload(text: str) -> object | None:
+    """Return the JSON value hidden in ``text``, or None when there is none.
+
+    Order (PROTOCOL.md §3): what lies between the first and last ``###``; else the whole text;
+    else from the first ``{`` to the last ``}``, moving the start to the next ``{`` on failure.
+    """
+    text = text.lstrip("\ufeff")
+    first = text.find("###")
+    if first != -1:
+        last = text.rfind("###")
+        if last > first:
+            value = _loads_or_none(text[first + 3 : last])
+            if value is not None:
+                return value
+    value = _loads_or_none(text)
+    if value is not None:
+        return value
+    end = text.rfind("}")
+    start = text.find("{")
+    tries = 0
+    while start != -1 and start < end and tries < MAX_BRACE_TRIES:
+        value = _loads_or_none(text[start : end + 1])
+        if value is not None:
+            return value
+        start = text.find("{", start + 1)
+        tries += 1
+    return None
+
+
+def decode_envelope(text: str, *, data_is_encoded: bool) -> Envelope:
+    """Return the envelope in ``text``; raise BadResponseError when there is no usable one.
+
+    v1 replies nest the envelope in ``{"encapsulation": 1, "body": {...}}`` and JSON-encode
+    ``data`` once more (``data_is_encoded``); a ``data`` string that is not JSON is kept as is.
+    """
+    payload = extract_payload(text)
+    if not isinstance(payload, dict):
+        raise BadResponseError(f"no JSON API envelope in the reply ({describe_body(text)})")
+    if "encapsulation" in payload and "body" in payload:
+        if not data_is_encoded:
+            raise BadResponseError("the endpoint answers in the legacy v1 format, not v2")
+        body = payload["body"]
+        if isinstance(body, str):
+            body = _loads_or_none(body)
+        if not isinstance(body, dict):
+            raise BadResponseError("the v1 reply's body is not an object")
+        payload = body
+    if "status" not in payload or "data" not in payload:
+        missing = " and ".join(key for key in ("status", "data") if key not in payload)
+        raise BadResponseError(f"the reply's JSON lacks {missing} ({describe_body(text)})")
+    status = coerce_int(payload["status"])
+    if status is None:
+        raise BadResponseError(f"the reply's status is not a number: {payload['status']!r:.40}")
+    data = payload["data"]
+    if data_is_encoded and isinstance(data, str):
+        decoded = _loads_or_none(data)
+        if decoded is not None or data.strip() == "null":
+            data = decoded
+    return Envelope(status=status, data=data)
+
+
+def describe_body(text: str) -> str:
+    """Return a short, single-line, printable description of a body for an error message."""
+    if not text.strip():
+        return "empty body"
+    title = _TITLE.search(text[:65536])
+    if title:
+        return "HTML page titled " + repr(_clip(title.group(1)))
+    return "body starts with " + repr(_clip(text))
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    flat = _SPACES.sub(" ", text).strip()
+    flat = "".join(ch if ch.isprintable() else "?" for ch in flat)
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _loads_or_none(text: str) -> object | None:
+    try:
+        return json.loads(text)  # type: ignore[no-any-return]
+    except (ValueError, RecursionError):
+        return None
+
+
+# --- tolerant scalar coercion (servers send numbers as strings, bools as 1, Error as false) ---
+
+
+def coerce_int(value: object) -> int | None:
+    """Return ``value`` as an int (int, integral float, digit string), or None."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.lstrip("-").isdigit() and len(stripped) < 20:
+            return int(stripped)
+    return None
+
+
+def coerce_bool(value: object) -> bool | None:
+    """Return ``value`` as a bool (true/false, 1/0, "1"/"0"/"true"/"false"), or None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value != 0
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true"):
+            return True
+        if lowered in ("0", "false", ""):
+            return False
+    return None
+
+
+def coerce_text(value: object) -> str:
+    """Return ``value`` as display text: None and false become ""."""
+    if value is None or value is False:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)[:1000]
+
+
+def coerce_optional_text(value: object) -> str | None:
+    """Return ``value`` as text, or None when it is absent or empty."""
+    text = coerce_text(value)
+    return text or None
