@@ -69,7 +69,10 @@ class ReplayServer:
         method, problem = self._inspect(request, fields)
         if problem:
             self.problems.append(f"{reply.label}: {problem}")
-        if reply.expect_method is not None and (method or "").lower() != reply.expect_method.lower():
+        if (
+            reply.expect_method is not None
+            and (method or "").lower() != reply.expect_method.lower()
+        ):
             self.problems.append(f"{reply.label}: expected {reply.expect_method}, got {method}")
             return web.Response(status=599, text="unexpected method")
         self.served.append(reply.label)

@@ -148,7 +148,9 @@ def _cases(generation: str) -> list[Exchange]:
 
 
 @pytest.mark.parametrize(
-    "exchange", _cases("v2") + _cases("v1"), ids=lambda exchange: f"{exchange.generation}:{exchange.name}"
+    "exchange",
+    _cases("v2") + _cases("v1"),
+    ids=lambda exchange: f"{exchange.generation}:{exchange.name}",
 )
 async def test_capture_decodes(exchange: Exchange, session: aiohttp.ClientSession) -> None:
     """The client turns each captured reply into the right typed result or failure reason."""
@@ -164,7 +166,9 @@ async def test_capture_decodes(exchange: Exchange, session: aiohttp.ClientSessio
         )
         settings = ClientSettings(
             verb=HttpVerb.POST if exchange.http_verb == "POST" else HttpVerb.GET,
-            auth=AuthPlacement.QUERY if v2 and exchange.http_verb == "POST" else AuthPlacement.HEADER,
+            auth=AuthPlacement.QUERY
+            if v2 and exchange.http_verb == "POST"
+            else AuthPlacement.HEADER,
         )
         client = AkeebaClient(session, endpoint, Secret(secret), FakeClock(), settings)
         expected_reason = EXPECTED_ERRORS.get(_error_key(exchange))
