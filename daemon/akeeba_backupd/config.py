@@ -61,8 +61,8 @@ __all__ = [
     "ConfigError",
     "ConfigFile",
     "ConfigIssue",
-    "LimitsFile",
     "Limits",
+    "LimitsFile",
     "MisfirePolicy",
     "RunSettings",
     "ScheduleConfig",
@@ -120,7 +120,9 @@ _DURATION_RE: Final = re.compile(
     rf"(?:{_NUMBER}d)?(?:{_NUMBER}h)?(?:{_NUMBER}m(?!s))?(?:{_NUMBER}s)?(?:{_NUMBER}ms)?"
 )
 _DURATION_UNIT_SECONDS: Final = (86400.0, 3600.0, 60.0, 1.0, 0.001)
-_DURATION_PATTERN: Final = r"^(\d+(\.\d+)?d)?(\d+(\.\d+)?h)?(\d+(\.\d+)?m)?(\d+(\.\d+)?s)?(\d+(\.\d+)?ms)?$"
+_DURATION_PATTERN: Final = (
+    r"^(\d+(\.\d+)?d)?(\d+(\.\d+)?h)?(\d+(\.\d+)?m)?(\d+(\.\d+)?s)?(\d+(\.\d+)?ms)?$"
+)
 _DURATION_HINT: Final = "write seconds as a number, or a string like 90s, 30m, 6h, 1d, 1h30m, 500ms"
 
 
@@ -991,7 +993,7 @@ class _Loader:
         self.documents: list[_Document] = []
 
     def issue(
-        self, document: _Document, loc: Loc, message: str, line: int | None | object = _NOT_SET
+        self, document: _Document, loc: Loc, message: str, line: int | object | None = _NOT_SET
     ) -> None:
         """Record one issue at ``loc`` of ``document`` (line: given, else looked up)."""
         resolved_line = document.line_of(loc) if line is _NOT_SET else line
@@ -1054,7 +1056,9 @@ class _Loader:
             return None
         if node is not None:
             document.marks.lines[()] = _line(node)
-            reader = _NodeReader(lambda loc, message, line: self.issue(document, loc, message, line))
+            reader = _NodeReader(
+                lambda loc, message, line: self.issue(document, loc, message, line)
+            )
             document.data = reader.read(node, (), document.marks)
         return document
 
@@ -1111,9 +1115,12 @@ class _Loader:
         if not isinstance(sites, list):
             self.validate(main, ConfigFile, sites, ("sites",), adapter=_SITE_LIST_ADAPTER)
             return []
+        locs_and_raws: list[tuple[Loc, object]] = [
+            (("sites", index), raw) for index, raw in enumerate(sites)
+        ]
         return [
-            _SiteEntry(main, ("sites", index), raw, self.validate(main, SiteFile, raw, ("sites", index)))
-            for index, raw in enumerate(sites)
+            _SiteEntry(main, loc, raw, self.validate(main, SiteFile, raw, loc))
+            for loc, raw in locs_and_raws
         ]
 
     def _included_sites(self, patterns: object) -> list[_SiteEntry]:
@@ -1129,8 +1136,10 @@ class _Loader:
             elif isinstance(document.data, list):
                 raws = [((index,), raw) for index, raw in enumerate(document.data)]
             else:
-                empty = "the file is empty" if document.data is None else f"got {_show(document.data)}"
-                self.issue(document, (), f"{_SITE_ENTRY_EXPECTED}; {empty}")
+                found = (
+                    "the file is empty" if document.data is None else f"got {_show(document.data)}"
+                )
+                self.issue(document, (), f"{_SITE_ENTRY_EXPECTED}; {found}")
                 continue
             entries += [
                 _SiteEntry(document, loc, raw, self.validate(document, SiteFile, raw, loc))
@@ -1368,9 +1377,7 @@ class _Loader:
         path = entry.document.path.parent / value
         if not path.is_file():
             missing = "is not a file" if path.exists() else "does not exist"
-            self.issue(
-                entry.document, (*entry.loc, "tls_verify"), f"CA bundle {path} {missing}"
-            )
+            self.issue(entry.document, (*entry.loc, "tls_verify"), f"CA bundle {path} {missing}")
             return
         entry.tls_verify = str(path)
 
@@ -1440,7 +1447,8 @@ class _Loader:
     @staticmethod
     def _build_site(defaults: SettingsFile, entry: _SiteEntry) -> SiteConfig:
         site = entry.model
-        assert site is not None and entry.secret is not None
+        assert site is not None
+        assert entry.secret is not None
         schedules = tuple(
             ScheduleConfig(
                 name=schedule.name,
