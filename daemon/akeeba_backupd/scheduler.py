@@ -1,0 +1,609 @@
+"""When schedules fire and which due run may start (DESIGN.md §3).
+
+One task owns one heap of due times (not a task per schedule, so 10,000 schedules cost nothing
+while idle). At each due time the schedule's fire is *taken*: it is queued, or skipped
+(``overlap`` while it runs or waits, ``misfire`` for a fire time missed beyond policy). Queued
+fires start in due-time order as soon as their site is free (never two runs of one site at once:
+a second ``startBackup`` kills the first on the server) and the global and group caps allow.
+
+The scheduler knows nothing of HTTP: a :class:`RunFactory` turns (site, schedule, run id) into a
+:class:`Run`. Time comes from the injected clock; schedule maths from :mod:`akeeba_backupd.cron`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import heapq
+import logging
+import random
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+from akeeba_backupd.akeeba import FailureReason
+from akeeba_backupd.clock import Clock
+from akeeba_backupd.config import Config, MisfirePolicy, ScheduleConfig, SiteConfig
+from akeeba_backupd.cron import expected_interval_seconds, next_fire_time, previous_fire_time
+from akeeba_backupd.run import (
+    RunEvent,
+    RunFinished,
+    RunObserver,
+    RunOutcome,
+    RunResult,
+)
+from akeeba_backupd.status import ScheduleStats, SkipReason
+
+log = logging.getLogger(__name__)
+
+ScheduleKey = tuple[str, str]
+"""(site name, schedule name)."""
+
+MISFIRE_TOLERANCE_SECONDS = 60.0
+"""A fire taken later than this after its due time counts as missed (asleep, down, clock jump)."""
+MAX_IDLE_WAIT_SECONDS = 60.0
+"""The loop looks at the wall clock at least this often, so a wall-clock jump is noticed."""
+
+
+class ScheduleState(StrEnum):
+    """Where a schedule is in its cycle."""
+
+    IDLE = "idle"
+    """Waiting for its next fire time."""
+    QUEUED = "queued"
+    """Due, waiting for its site to be free or for a slot under the limits."""
+    RUNNING = "running"
+    """A run is in progress."""
+
+
+class Run(Protocol):
+    """One backup run as the scheduler drives it (``BackupRun`` implements it)."""
+
+    async def execute(self) -> RunResult:
+        """Run to the single outcome."""
+        ...
+
+    def request_suspend(self) -> None:
+        """Stop after the current step, resumable (shutdown)."""
+        ...
+
+    def request_cancel(self) -> None:
+        """Stop after the current step and fail the run (operator)."""
+        ...
+
+
+class RunFactory(Protocol):
+    """Makes the run for a taken fire."""
+
+    def create_run(
+        self, site: SiteConfig, schedule: ScheduleConfig, run_id: str, observer: RunObserver
+    ) -> Run:
+        """Return a run not yet started; its events must go to ``observer``."""
+        ...
+
+
+class SchedulerError(Exception):
+    """A request the scheduler refuses; ``status`` is the HTTP status that fits it."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(eq=False)
+class ScheduleEntry:
+    """One schedule as the scheduler tracks it; read by metrics, the API and STATUS."""
+
+    site: SiteConfig
+    schedule: ScheduleConfig
+    stats: ScheduleStats
+    state: ScheduleState = ScheduleState.IDLE
+    paused: bool = False
+    next_fire_at: datetime | None = None
+    """The next cron fire time (UTC)."""
+    next_due_at: datetime | None = None
+    """When that fire is taken: the fire time plus jitter."""
+    queued_fire_at: datetime | None = None
+    """The fire time a queued run stands for (its place in the queue)."""
+    expected_interval_seconds: float = 0.0
+    removed: bool = False
+    """Dropped by a reload while running: it vanishes when the run ends."""
+    run: Run | None = None
+    run_group: str | None = None
+    generation: int = 0
+
+    @property
+    def key(self) -> ScheduleKey:
+        """Return (site, schedule)."""
+        return (self.site.name, self.schedule.name)
+
+
+@dataclass(frozen=True, slots=True)
+class StopSummary:
+    """What shutdown did with the runs in progress."""
+
+    suspended: int
+    """Runs that ended within the grace period (suspended, or done with their last step)."""
+    cancelled: int
+    """Runs cancelled mid-call when the grace period ran out or a second signal forced it."""
+
+
+@dataclass(order=True, slots=True)
+class _Due:
+    at: datetime
+    seq: int
+    key: ScheduleKey = field(compare=False)
+    generation: int = field(compare=False)
+
+
+def make_run_id(fire_at: datetime, token: str | None = None) -> str:
+    """Return a unique, sortable, human-readable run id such as ``20261204T021700-1a2b3c4d``."""
+    return f"{fire_at:%Y%m%dT%H%M%S}-{token or secrets.token_hex(4)}"
+
+
+class Scheduler:
+    """Fires schedules, queues their runs and starts them under the limits."""
+
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        factory: RunFactory,
+        *,
+        observer: RunObserver | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._clock = clock
+        self._factory = factory
+        self._observer = observer
+        self._rng = rng or random.Random()
+        self._entries: dict[ScheduleKey, ScheduleEntry] = {}
+        self._heap: list[_Due] = []
+        self._seq = 0
+        self._queue: list[tuple[datetime, ScheduleKey]] = []
+        self._busy_sites: set[str] = set()
+        self._group_running: dict[str, int] = {}
+        self._tasks: dict[ScheduleKey, asyncio.Task[None]] = {}
+        self._wakeup = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._max_concurrent = config.limits.max_concurrent
+        self._group_caps = dict(config.limits.groups)
+        self._interval_day: datetime | None = None
+        now = clock.now()
+        for site in config.sites:
+            for schedule in site.schedules:
+                self._add(site, schedule, now)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def entries(self) -> Iterator[ScheduleEntry]:
+        """Return every schedule tracked, including removed ones still running."""
+        return iter(self._entries.values())
+
+    def entry(self, site: str, schedule: str) -> ScheduleEntry | None:
+        """Return one schedule, or None."""
+        return self._entries.get((site, schedule))
+
+    @property
+    def running_count(self) -> int:
+        """Return how many runs are in progress."""
+        return len(self._tasks)
+
+    @property
+    def queued_count(self) -> int:
+        """Return how many fires wait for a slot."""
+        return len(self._queue)
+
+    @property
+    def started(self) -> bool:
+        """Return True once :meth:`start` ran and until :meth:`stop`."""
+        return self._loop_task is not None and not self._stopping
+
+    def healthy(self) -> bool:
+        """Return True while the scheduling loop is alive (the watchdog's question)."""
+        task = self._loop_task
+        return task is not None and not task.done() and not self._stopping
+
+    def next_entry(self) -> ScheduleEntry | None:
+        """Return the schedule that is due next (not paused), or None."""
+        candidates = [
+            entry
+            for entry in self._entries.values()
+            if entry.next_due_at is not None and not entry.paused and not entry.removed
+        ]
+        return min(candidates, key=lambda entry: entry.next_due_at or entry.site.name, default=None)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the scheduling loop (call from the running event loop)."""
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
+
+    async def stop(self, grace_seconds: float, force: asyncio.Event | None = None) -> StopSummary:
+        """Stop taking fires; ask every run to stop after its step; wait up to ``grace_seconds``.
+
+        Runs still going when the grace period ends, or as soon as ``force`` is set, are
+        cancelled (their backup stays in flight on the server). Return what happened.
+        """
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for _at, key in self._queue:
+            self._entries[key].state = ScheduleState.IDLE
+            self._entries[key].queued_fire_at = None
+        self._queue.clear()
+        for entry in self._entries.values():
+            if entry.run is not None:
+                entry.run.request_suspend()
+        tasks = set(self._tasks.values())
+        pending = set(tasks)
+        if pending:
+            waiters: set[asyncio.Future[Any]] = set(pending)
+            forced = None
+            if force is not None:
+                forced = asyncio.ensure_future(force.wait())
+                waiters.add(forced)
+            # Real time on purpose: the grace period bounds the process's exit for systemd.
+            deadline = asyncio.get_running_loop().time() + max(0.0, grace_seconds)
+            while pending:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0 or (forced is not None and forced.done()):
+                    break
+                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                pending = {task for task in pending if not task.done()}
+                waiters = {waiter for waiter in waiters if not waiter.done()} | (
+                    {forced} if forced is not None else set()
+                )
+            if forced is not None and not forced.done():
+                forced.cancel()
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+        return StopSummary(suspended=len(tasks) - len(pending), cancelled=len(pending))
+
+    # --- requests ------------------------------------------------------------------------
+
+    def trigger(self, site: str, schedule: str) -> ScheduleEntry:
+        """Queue a run now (run-now), under the site mutex and the limits; return the entry.
+
+        Raise SchedulerError 404 for an unknown schedule, 409 when it is running or queued.
+        """
+        entry = self._require(site, schedule)
+        if entry.state is not ScheduleState.IDLE:
+            raise SchedulerError(f"{site}/{schedule} is already {entry.state}", 409)
+        if self._stopping:
+            raise SchedulerError("the daemon is shutting down", 503)
+        self._enqueue(entry, self._clock.now())
+        self._wake()
+        return entry
+
+    def pause(self, site: str, schedule: str | None = None) -> list[ScheduleEntry]:
+        """Pause one schedule, or every schedule of ``site``; queued fires are dropped.
+
+        A running backup is not interrupted. Raise SchedulerError 404 when nothing matches.
+        """
+        entries = self._matching(site, schedule)
+        for entry in entries:
+            entry.paused = True
+            if entry.state is ScheduleState.QUEUED:
+                self._dequeue(entry)
+        return entries
+
+    def resume(self, site: str, schedule: str | None = None) -> list[ScheduleEntry]:
+        """Resume paused schedules; they fire again from their next fire time."""
+        entries = self._matching(site, schedule)
+        for entry in entries:
+            entry.paused = False
+        return entries
+
+    def set_paused(self, keys: Iterable[ScheduleKey]) -> None:
+        """Mark the given schedules paused (restoring persisted pauses at startup)."""
+        for key in keys:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.paused = True
+
+    def cancel(self, site: str, schedule: str) -> ScheduleEntry:
+        """Cancel a running run (it fails ``interrupted`` after its step) or drop a queued fire.
+
+        Raise SchedulerError 404 for an unknown schedule, 409 when there is nothing to cancel.
+        """
+        entry = self._require(site, schedule)
+        if entry.state is ScheduleState.RUNNING and entry.run is not None:
+            entry.run.request_cancel()
+        elif entry.state is ScheduleState.QUEUED:
+            self._dequeue(entry)
+        else:
+            raise SchedulerError(f"{site}/{schedule} is not running or queued", 409)
+        return entry
+
+    def apply(self, config: Config) -> tuple[int, int, int]:
+        """Switch to a new configuration; return (added, removed, changed) schedule counts.
+
+        Added schedules start from their next fire time. Removed ones lose a queued fire at
+        once; a running one finishes first, then vanishes. Changed timing (cron, time zone,
+        jitter) takes effect from now; anything else applies from the next run. Unchanged
+        schedules keep their timing. A running backup is never interrupted.
+        """
+        now = self._clock.now()
+        self._max_concurrent = config.limits.max_concurrent
+        self._group_caps = dict(config.limits.groups)
+        wanted = {
+            (site.name, schedule.name): (site, schedule)
+            for site in config.sites
+            for schedule in site.schedules
+        }
+        added = removed = changed = 0
+        for key, entry in list(self._entries.items()):
+            if key in wanted:
+                continue
+            removed += 1
+            if entry.state is ScheduleState.QUEUED:
+                self._dequeue(entry)
+            if entry.state is ScheduleState.RUNNING:
+                entry.removed = True
+                entry.next_fire_at = entry.next_due_at = None
+                entry.generation += 1
+            else:
+                del self._entries[key]
+        for key, (site, schedule) in wanted.items():
+            found = self._entries.get(key)
+            if found is None:
+                added += 1
+                self._add(site, schedule, now)
+                continue
+            entry = found
+            if entry.removed:
+                entry.removed = False
+                entry.site, entry.schedule = site, schedule
+                self._reschedule(entry, now)
+                continue
+            timing_changed = (
+                entry.schedule.cron != schedule.cron
+                or entry.schedule.settings.timezone != schedule.settings.timezone
+                or entry.schedule.settings.jitter_seconds != schedule.settings.jitter_seconds
+            )
+            if entry.site != site or entry.schedule != schedule:
+                changed += 1
+            entry.site, entry.schedule = site, schedule
+            if timing_changed:
+                self._reschedule(entry, now)
+        self._wake()
+        return added, removed, changed
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            now = self._clock.now()
+            self._refresh_intervals(now)
+            self._take_due_fires(now)
+            self._dispatch()
+            wait = MAX_IDLE_WAIT_SECONDS
+            if self._heap:
+                wait = min(wait, max(0.0, (self._heap[0].at - now).total_seconds()))
+            await self._sleep_or_wake(wait)
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wakeup.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, waker):
+                if not task.done():
+                    task.cancel()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    def _take_due_fires(self, now: datetime) -> None:
+        while self._heap and self._heap[0].at <= now:
+            due = heapq.heappop(self._heap)
+            entry = self._entries.get(due.key)
+            if entry is None or entry.generation != due.generation or entry.removed:
+                continue
+            self._take_fire(entry, due.at, now)
+
+    def _take_fire(self, entry: ScheduleEntry, due_at: datetime, now: datetime) -> None:
+        fire_at = entry.next_fire_at or due_at
+        settings = entry.schedule.settings
+        latest = previous_fire_time(entry.schedule.cron, now, settings.timezone) or fire_at
+        latest = max(latest, fire_at)
+        self._reschedule(entry, now)
+        if entry.paused:
+            return
+        lag_seconds = (now - due_at).total_seconds()
+        if lag_seconds > MISFIRE_TOLERANCE_SECONDS:
+            age_seconds = (now - latest).total_seconds()
+            if (
+                settings.misfire is MisfirePolicy.SKIP
+                or age_seconds > settings.misfire_grace_seconds
+            ):
+                self._skip(
+                    entry, SkipReason.MISFIRE, now, f"fire time {fire_at:%Y-%m-%d %H:%M} UTC missed"
+                )
+                return
+            log.info(
+                "%s/%s: fire time missed by %.0f s; running once for %s",
+                entry.site.name,
+                entry.schedule.name,
+                lag_seconds,
+                f"{latest:%Y-%m-%d %H:%M} UTC",
+            )
+        if entry.state is not ScheduleState.IDLE:
+            self._skip(entry, SkipReason.OVERLAP, now, f"still {entry.state} at its fire time")
+            return
+        self._enqueue(entry, latest)
+
+    def _skip(self, entry: ScheduleEntry, reason: SkipReason, now: datetime, message: str) -> None:
+        log.info(
+            "%s/%s: fire skipped (%s): %s", entry.site.name, entry.schedule.name, reason, message
+        )
+        entry.stats.on_skip(reason, now, message)
+
+    def _dispatch(self) -> None:
+        if self._stopping or not self._queue:
+            return
+        started: list[tuple[datetime, ScheduleKey]] = []
+        running = len(self._tasks)
+        for item in self._queue:
+            if running >= self._max_concurrent:
+                break
+            entry = self._entries[item[1]]
+            if entry.site.name in self._busy_sites:
+                continue
+            group = entry.site.group
+            if group is not None:
+                cap = self._group_caps.get(group)
+                if cap is not None and self._group_running.get(group, 0) >= cap:
+                    continue
+            started.append(item)
+            self._start(entry)
+            running += 1
+        for item in started:
+            self._queue.remove(item)
+
+    def _start(self, entry: ScheduleEntry) -> None:
+        fire_at = entry.queued_fire_at or self._clock.now()
+        entry.queued_fire_at = None
+        run_id = make_run_id(fire_at)
+        run = self._factory.create_run(
+            entry.site, entry.schedule, run_id, _EntryObserver(entry, self._observer)
+        )
+        entry.run = run
+        entry.state = ScheduleState.RUNNING
+        entry.run_group = entry.site.group
+        self._busy_sites.add(entry.site.name)
+        if entry.run_group is not None:
+            self._group_running[entry.run_group] = self._group_running.get(entry.run_group, 0) + 1
+        self._tasks[entry.key] = asyncio.create_task(
+            self._execute(entry, run, run_id), name=f"run {entry.site.name}/{entry.schedule.name}"
+        )
+
+    async def _execute(self, entry: ScheduleEntry, run: Run, run_id: str) -> None:
+        try:
+            await run.execute()
+        except asyncio.CancelledError:
+            log.warning(
+                "%s/%s: run %s cancelled at shutdown", entry.site.name, entry.schedule.name, run_id
+            )
+            raise
+        except Exception as error:
+            # A bug, not a remote problem (the engine maps those to outcomes): still one outcome.
+            log.exception("%s/%s: run %s crashed", entry.site.name, entry.schedule.name, run_id)
+            now = self._clock.now()
+            result = RunResult(
+                outcome=RunOutcome.FAILED,
+                reason=FailureReason.INTERRUPTED,
+                message=f"internal error: {type(error).__name__}",
+                started_at=entry.stats.live.started_at if entry.stats.live else now,
+                finished_at=now,
+                duration_seconds=0.0,
+            )
+            _EntryObserver(entry, self._observer).on_run_event(
+                RunFinished(entry.site.name, entry.schedule.name, run_id, result)
+            )
+        finally:
+            self._release(entry)
+
+    def _release(self, entry: ScheduleEntry) -> None:
+        self._tasks.pop(entry.key, None)
+        self._busy_sites.discard(entry.site.name)
+        group = entry.run_group
+        if group is not None:
+            self._group_running[group] = max(0, self._group_running.get(group, 0) - 1)
+        entry.run = None
+        entry.run_group = None
+        entry.state = ScheduleState.IDLE
+        if entry.removed and self._entries.get(entry.key) is entry:
+            del self._entries[entry.key]
+        self._wake()
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    def _add(self, site: SiteConfig, schedule: ScheduleConfig, now: datetime) -> ScheduleEntry:
+        entry = ScheduleEntry(site, schedule, ScheduleStats(site.name, schedule.name))
+        self._entries[entry.key] = entry
+        self._reschedule(entry, now)
+        entry.expected_interval_seconds = expected_interval_seconds(
+            schedule.cron, schedule.settings.timezone, now
+        )
+        return entry
+
+    def _reschedule(self, entry: ScheduleEntry, now: datetime) -> None:
+        settings = entry.schedule.settings
+        fire_at = next_fire_time(entry.schedule.cron, now, settings.timezone)
+        jitter = self._rng.uniform(0.0, settings.jitter_seconds) if settings.jitter_seconds else 0.0
+        entry.next_fire_at = fire_at
+        entry.next_due_at = fire_at + timedelta(seconds=jitter)
+        entry.generation += 1
+        entry.expected_interval_seconds = expected_interval_seconds(
+            entry.schedule.cron, settings.timezone, now
+        )
+        self._seq += 1
+        heapq.heappush(self._heap, _Due(entry.next_due_at, self._seq, entry.key, entry.generation))
+
+    def _refresh_intervals(self, now: datetime) -> None:
+        """Recompute expected intervals once a day (they depend on the local date: DST)."""
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        if self._interval_day == day:
+            return
+        self._interval_day = day
+        for entry in self._entries.values():
+            entry.expected_interval_seconds = expected_interval_seconds(
+                entry.schedule.cron, entry.schedule.settings.timezone, now
+            )
+
+    def _enqueue(self, entry: ScheduleEntry, fire_at: datetime) -> None:
+        entry.state = ScheduleState.QUEUED
+        entry.queued_fire_at = fire_at
+        bisect.insort(self._queue, (fire_at, entry.key))
+
+    def _dequeue(self, entry: ScheduleEntry) -> None:
+        if entry.queued_fire_at is not None:
+            with contextlib.suppress(ValueError):
+                self._queue.remove((entry.queued_fire_at, entry.key))
+        entry.queued_fire_at = None
+        entry.state = ScheduleState.IDLE
+
+    def _require(self, site: str, schedule: str) -> ScheduleEntry:
+        entry = self._entries.get((site, schedule))
+        if entry is None or entry.removed:
+            raise SchedulerError(f"no schedule {site}/{schedule}", 404)
+        return entry
+
+    def _matching(self, site: str, schedule: str | None) -> list[ScheduleEntry]:
+        if schedule is not None:
+            return [self._require(site, schedule)]
+        entries = [
+            entry
+            for entry in self._entries.values()
+            if entry.site.name == site and not entry.removed
+        ]
+        if not entries:
+            raise SchedulerError(f"no site {site}", 404)
+        return entries
+
+
+class _EntryObserver:
+    """Feeds a run's events to its schedule's stats, then to the daemon-wide observer."""
+
+    def __init__(self, entry: ScheduleEntry, downstream: RunObserver | None) -> None:
+        self._entry = entry
+        self._downstream = downstream
+
+    def on_run_event(self, event: RunEvent) -> None:
+        self._entry.stats.on_event(event)
+        if self._downstream is not None:
+            self._downstream.on_run_event(event)

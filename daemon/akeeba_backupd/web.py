@@ -1,0 +1,361 @@
+"""The HTTP face of the daemon: /metrics, health, the JSON API and the status page (DESIGN.md §7).
+
+The app reads and drives the daemon only through :class:`Backend`, a narrow interface the
+service implements, so tests can serve it over a tiny fake. Write requests need the bearer token
+whenever one is configured (the config refuses a non-loopback listener without one).
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from akeeba_backupd import __version__
+from akeeba_backupd.scheduler import ScheduleEntry, SchedulerError, ScheduleState
+from akeeba_backupd.status import FinishedRun
+
+RUNS_LIMIT_DEFAULT = 50
+RUNS_LIMIT_MAX = 1000
+
+
+class Backend(Protocol):
+    """What the web app needs from the daemon."""
+
+    def readiness(self) -> list[str]:
+        """Return why the daemon is not ready (empty when it is)."""
+        ...
+
+    def schedule_entries(self) -> Iterable[ScheduleEntry]:
+        """Return every schedule."""
+        ...
+
+    def trigger(self, site: str, schedule: str) -> ScheduleEntry:
+        """Run now; raise SchedulerError."""
+        ...
+
+    def pause(self, site: str, schedule: str | None) -> list[ScheduleEntry]:
+        """Pause; raise SchedulerError."""
+        ...
+
+    def resume(self, site: str, schedule: str | None) -> list[ScheduleEntry]:
+        """Resume; raise SchedulerError."""
+        ...
+
+    def cancel(self, site: str, schedule: str) -> ScheduleEntry:
+        """Cancel a running or queued run; raise SchedulerError."""
+        ...
+
+    def api_token(self) -> str | None:
+        """Return the bearer token that write requests need, or None when none is set."""
+        ...
+
+    def now(self) -> datetime:
+        """Return the current time (the injected clock)."""
+        ...
+
+
+def build_app(backend: Backend, registry: CollectorRegistry) -> web.Application:
+    """Return the aiohttp application serving ``backend`` and ``registry``."""
+    app = web.Application(middlewares=[_json_errors])
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _bind(backend, _readyz))
+    app.router.add_get("/api/v1/schedules", _bind(backend, _schedules))
+    app.router.add_get("/api/v1/runs", _bind(backend, _runs))
+    for action in ("run", "pause", "resume", "cancel"):
+        app.router.add_post(
+            f"/api/v1/schedules/{{site}}/{{schedule}}/{action}", _bind(backend, _action)
+        )
+    app.router.add_post("/api/v1/sites/{site}/pause", _bind(backend, _site_action))
+    app.router.add_post("/api/v1/sites/{site}/resume", _bind(backend, _site_action))
+    app.router.add_get("/", _bind(backend, _status_page))
+    return app
+
+
+Handler = Callable[[Backend, web.Request], Awaitable[web.StreamResponse]]
+
+
+def _bind(
+    backend: Backend, handler: Handler
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def bound(request: web.Request) -> web.StreamResponse:
+        return await handler(backend, request)
+
+    return bound
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except SchedulerError as error:
+        return _error(error.status, str(error))
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    # Answering at all proves the event loop is alive; keep it that cheap.
+    return web.Response(text="ok\n")
+
+
+async def _readyz(backend: Backend, request: web.Request) -> web.Response:
+    problems = backend.readiness()
+    if problems:
+        return web.json_response({"ready": False, "problems": problems}, status=503)
+    return web.json_response({"ready": True, "problems": []})
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def schedule_json(entry: ScheduleEntry) -> dict[str, Any]:
+    """Return the API's view of one schedule."""
+    stats = entry.stats
+    live = stats.live
+    last = next((run for run in stats.history if run.outcome != "skipped"), None)
+    return {
+        "site": entry.site.name,
+        "schedule": entry.schedule.name,
+        "profile": entry.schedule.profile,
+        "cron": entry.schedule.cron.expression,
+        "cron_resolved": entry.schedule.cron.resolved,
+        "timezone": str(entry.schedule.settings.timezone),
+        "group": entry.site.group,
+        "state": entry.state.value,
+        "paused": entry.paused,
+        "next_run": _iso(entry.next_due_at),
+        "expected_interval_seconds": entry.expected_interval_seconds,
+        "last_success": _iso(stats.last_success_at),
+        "consecutive_failures": stats.consecutive_failures,
+        "last": None if last is None else run_json(last),
+        "live": None
+        if live is None or entry.state is not ScheduleState.RUNNING
+        else {
+            "run_id": live.run_id,
+            "started_at": _iso(live.started_at),
+            "resumed": live.resumed,
+            "progress_percent": live.progress_percent,
+            "step_number": live.step_number,
+            "domain": live.domain,
+            "step": live.step,
+            "last_step_at": _iso(live.last_step_at),
+            "warnings": live.warnings,
+        },
+    }
+
+
+def run_json(run: FinishedRun) -> dict[str, Any]:
+    """Return the API's view of one finished run."""
+    return {
+        "site": run.site,
+        "schedule": run.schedule,
+        "run_id": run.run_id,
+        "outcome": run.outcome,
+        "reason": run.reason,
+        "message": run.message,
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "duration_seconds": round(run.duration_seconds, 3),
+        "warnings": list(run.warnings),
+        "archive": run.archive,
+        "archive_size_bytes": run.archive_size_bytes,
+        "backup_record_id": run.backup_record_id,
+    }
+
+
+async def _schedules(backend: Backend, request: web.Request) -> web.Response:
+    site = request.query.get("site")
+    body = [
+        schedule_json(entry)
+        for entry in backend.schedule_entries()
+        if site is None or entry.site.name == site
+    ]
+    return web.json_response(body, dumps=_dumps)
+
+
+async def _runs(backend: Backend, request: web.Request) -> web.Response:
+    site = request.query.get("site")
+    schedule = request.query.get("schedule")
+    try:
+        limit = int(request.query.get("limit", RUNS_LIMIT_DEFAULT))
+    except ValueError:
+        return _error(400, "limit must be a whole number")
+    if not 1 <= limit <= RUNS_LIMIT_MAX:
+        return _error(400, f"limit must be between 1 and {RUNS_LIMIT_MAX}")
+    runs = [
+        run
+        for entry in backend.schedule_entries()
+        if (site is None or entry.site.name == site)
+        and (schedule is None or entry.schedule.name == schedule)
+        for run in entry.stats.history
+    ]
+    runs.sort(key=lambda run: run.finished_at, reverse=True)
+    return web.json_response([run_json(run) for run in runs[:limit]], dumps=_dumps)
+
+
+def _authorised(backend: Backend, request: web.Request) -> bool:
+    token = backend.api_token()
+    if token is None:
+        return True
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        value.strip().encode(), token.encode()
+    )
+
+
+async def _action(backend: Backend, request: web.Request) -> web.Response:
+    if not _authorised(backend, request):
+        return _unauthorised()
+    site, schedule = request.match_info["site"], request.match_info["schedule"]
+    action = request.path.rsplit("/", 1)[1]
+    if action == "run":
+        entry = backend.trigger(site, schedule)
+        return web.json_response(schedule_json(entry), status=202, dumps=_dumps)
+    if action == "cancel":
+        entry = backend.cancel(site, schedule)
+        return web.json_response(schedule_json(entry), status=202, dumps=_dumps)
+    change = backend.pause if action == "pause" else backend.resume
+    (entry,) = change(site, schedule)
+    return web.json_response(schedule_json(entry), dumps=_dumps)
+
+
+async def _site_action(backend: Backend, request: web.Request) -> web.Response:
+    if not _authorised(backend, request):
+        return _unauthorised()
+    site = request.match_info["site"]
+    change = backend.pause if request.path.endswith("/pause") else backend.resume
+    entries = change(site, None)
+    return web.json_response([schedule_json(entry) for entry in entries], dumps=_dumps)
+
+
+def _unauthorised() -> web.Response:
+    return web.json_response(
+        {"error": "a valid 'Authorization: Bearer <token>' header is required"},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="akeeba-backupd"'},
+    )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+# --- the status page -------------------------------------------------------------------------
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+async def _status_page(backend: Backend, request: web.Request) -> web.Response:
+    now = backend.now()
+    entries = list(backend.schedule_entries())
+
+    def age_of(entry: ScheduleEntry) -> float:
+        last = entry.stats.last_success_at
+        return float("inf") if last is None else (now - last).total_seconds()
+
+    entries.sort(key=age_of, reverse=True)
+    running = [entry for entry in entries if entry.state is ScheduleState.RUNNING]
+    failures = sorted(
+        (run for entry in entries for run in entry.stats.history if run.outcome == "failed"),
+        key=lambda run: run.finished_at,
+        reverse=True,
+    )[:20]
+    esc = html.escape
+    rows = []
+    for entry in entries:
+        stats = entry.stats
+        age = age_of(entry)
+        interval = entry.expected_interval_seconds or 0.0
+        stale = age == float("inf") or (interval and age > 1.25 * interval)
+        status_text = (
+            "never run"
+            if stats.last_status is None
+            else ("ok" if stats.last_status else f"failed ({stats.last_failure_reason})")
+        )
+        css = "bad" if stats.last_status is False else ("warn" if stale else "ok")
+        rows.append(
+            f"<tr class={css}><td>{esc(entry.site.name)}</td><td>{esc(entry.schedule.name)}</td>"
+            f"<td>{esc(_age(None if age == float('inf') else age))}</td>"
+            f"<td>{esc(_age(interval or None))}</td><td>{esc(status_text)}</td>"
+            f"<td>{esc(entry.state.value)}{' (paused)' if entry.paused else ''}</td>"
+            f"<td>{esc(_iso(entry.next_due_at) or '')}</td></tr>"
+        )
+    run_rows = []
+    for entry in running:
+        live = entry.stats.live
+        if live is None:
+            continue
+        run_rows.append(
+            f"<tr><td>{esc(entry.site.name)}/{esc(entry.schedule.name)}</td>"
+            f"<td><progress max=100 value={live.progress_percent}></progress> "
+            f"{live.progress_percent}%</td><td>{live.step_number}</td>"
+            f"<td>{esc(live.domain)}</td>"
+            f"<td>{esc(_age((now - live.started_at).total_seconds()))}</td></tr>"
+        )
+    failure_rows = [
+        f"<tr><td>{esc(_iso(run.finished_at) or '')}</td>"
+        f"<td>{esc(run.site)}/{esc(run.schedule)}</td>"
+        f"<td>{esc(run.reason or '')}</td><td>{esc(run.message)}</td></tr>"
+        for run in failures
+    ]
+    page = _PAGE.format(
+        version=esc(__version__),
+        now=esc(_iso(now) or ""),
+        count=len(entries),
+        running=len(running),
+        rows="\n".join(rows) or "<tr><td colspan=7>no schedules</td></tr>",
+        run_rows="\n".join(run_rows) or "<tr><td colspan=5>none</td></tr>",
+        failure_rows="\n".join(failure_rows) or "<tr><td colspan=4>none</td></tr>",
+    )
+    return web.Response(text=page, content_type="text/html")
+
+
+_PAGE = """<!doctype html>
+<html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=10>
+<title>akeeba-backupd</title>
+<style>
+body{{font:14px system-ui,sans-serif;margin:1.5em;color:#222}}
+table{{border-collapse:collapse;margin-bottom:1.5em}}
+td,th{{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left}}
+tr.bad td{{background:#fde2e2}} tr.warn td{{background:#fff4d6}}
+small{{color:#666}}
+</style></head><body>
+<h1>akeeba-backupd <small>{version}</small></h1>
+<p>{count} schedules, {running} running. <small>As of {now}; refreshes every 10 s.
+<a href="/metrics">/metrics</a> · <a href="/api/v1/schedules">/api/v1/schedules</a> ·
+<a href="/api/v1/runs">/api/v1/runs</a></small></p>
+<h2>Running backups</h2>
+<table><tr><th>schedule</th><th>progress</th><th>step</th><th>phase</th><th>running for</th></tr>
+{run_rows}</table>
+<h2>Fleet, oldest backup first</h2>
+<table><tr><th>site</th><th>schedule</th><th>last success</th><th>expected every</th>
+<th>last status</th><th>state</th><th>next run</th></tr>
+{rows}</table>
+<h2>Recent failures</h2>
+<table><tr><th>when</th><th>schedule</th><th>reason</th><th>message</th></tr>
+{failure_rows}</table>
+</body></html>
+"""
