@@ -156,8 +156,15 @@ class Scheduler:
         *,
         observer: RunObserver | None = None,
         rng: random.Random | None = None,
+        max_idle_wait_seconds: float = MAX_IDLE_WAIT_SECONDS,
     ) -> None:
+        """Track every schedule of ``config``; nothing fires before :meth:`start`.
+
+        ``max_idle_wait_seconds`` bounds how long the loop trusts a sleep before it looks at
+        the wall clock again (to notice clock jumps); tests simulating weeks raise it.
+        """
         self._clock = clock
+        self._max_idle_wait_seconds = max_idle_wait_seconds
         self._factory = factory
         self._observer = observer
         self._rng = rng or random.Random()
@@ -389,7 +396,7 @@ class Scheduler:
             self._refresh_intervals(now)
             self._take_due_fires(now)
             self._dispatch()
-            wait = MAX_IDLE_WAIT_SECONDS
+            wait = self._max_idle_wait_seconds
             if self._heap:
                 wait = min(wait, max(0.0, (self._heap[0].at - now).total_seconds()))
             await self._sleep_or_wake(wait)
