@@ -330,16 +330,20 @@ class BackupRun:
                 f"profile {spec.profile_id} does not exist on the site (profiles: {known}); "
                 "the server would silently back up with default settings"
             )
-        status = await self._start()
-        self._apply(status)
-        return status
+        return await self._start()
 
     async def _start(self) -> BackupStatus:
+        """Send startBackup and return the run's first reply, already applied to the live state.
+
+        When the start reply was lost, that first reply is the adopted run's next step reply:
+        it was applied by ``_step``, and applying it twice would count it as a repeated
+        stepNumber. So both paths apply here or below, never in the caller.
+        """
         spec = self.spec
         attempt = 0
         while True:
             try:
-                return await self._bounded(
+                status = await self._bounded(
                     self._remote.start_backup(
                         spec.profile_id, spec.description, spec.tag, spec.backupid_hint
                     )
@@ -351,17 +355,28 @@ class BackupRun:
                 if attempt > spec.step_retries:
                     raise
                 await self._retry_pause(attempt, error)
+                continue
+            self._apply(status)
+            return status
 
     async def _recover_lost_start(self, error: TransportError) -> BackupStatus:
         """The start reply was lost: adopt the backup if the server did start it, else fail.
 
         A second startBackup would kill the first, so the start is never resent; instead the
-        run's record (found by its tag) gives the backupid to step on.
+        run's record (found by its tag) gives the backupid to step on. A complete record ends
+        the run as a success, a failed one as remote_error; without a record, ``error`` is raised.
         """
         try:
             record = await self._find_own_record()
         except (TransportError, RemoteError):
             record = None
+        if record is not None and record.status is RecordStatus.COMPLETE:
+            # A small site can finish within startBackup itself (the lost reply had HasRun false).
+            raise _StepEnded(record)
+        if record is not None and record.status is RecordStatus.FAIL:
+            raise RemoteError(
+                f"the backup failed on the server (record #{record.id}) after: {error.message}"
+            )
         if record is None or record.status is not RecordStatus.RUN or not record.backupid:
             raise error
         log.warning(
