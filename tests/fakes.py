@@ -60,6 +60,9 @@ class FakeRemote:
     steps: list[Scripted] = field(default_factory=list)
     profiles: tuple[Profile, ...] = (Profile(1, "Default Backup Profile"),)
     records: dict[int, BackupRecord | BaseException] = field(default_factory=dict)
+    record_script: dict[int, list[BackupRecord | BaseException]] = field(default_factory=dict)
+    """Per record id, answers getBackupInfo gives first, in order, before falling back to
+    ``records`` (a record that changes while the run polls it)."""
     listing: tuple[BackupRecord, ...] | BaseException = ()
     clock: FakeClock | None = None
     step_cost_seconds: float = 0.0
@@ -87,7 +90,8 @@ class FakeRemote:
     async def get_backup_info(self, record_id: int) -> BackupRecord:
         """Return the scripted record, or raise 404."""
         async with self._call("getBackupInfo", record_id):
-            record = self.records.get(record_id)
+            script = self.record_script.get(record_id)
+            record = script.pop(0) if script else self.records.get(record_id)
             if record is None:
                 raise RecordNotFoundError("getBackupInfo: Invalid backup record identifier")
             if isinstance(record, BaseException):
