@@ -9,6 +9,9 @@ of the schedule's time zone, as classic cron does:
 
 Both rules are exactly what ``zoneinfo`` does with ``fold=0``, so a wall time is turned into an
 instant with ``wall.replace(tzinfo=tz)`` and nothing else.
+
+``H`` is a value hashed from the schedule's key within the field's range; in day-of-month that
+range is 1-28 (as in Jenkins), so a hashed day exists in every month.
 """
 
 from __future__ import annotations
@@ -77,16 +80,22 @@ class _Field:
     low: int
     high: int
     names: dict[str, int]
-    hash_high: int  # the top of the range a bare H picks from (day-of-week: 6, not 7)
+    distinct_high: int
+    """The top of the distinct values: day-of-week 6, since 7 is Sunday again."""
+    hash_high: int
+    """The top of the range a bare H (or H/n) picks from."""
 
 
 _FIELDS = (
-    _Field("minute", 0, 59, {}, 59),
-    _Field("hour", 0, 23, {}, 23),
-    _Field("day-of-month", 1, 31, {}, 31),
-    _Field("month", 1, 12, _MONTH_NAMES, 12),
+    _Field("minute", 0, 59, {}, 59, 59),
+    _Field("hour", 0, 23, {}, 23, 23),
+    # H stops at 28, as in Jenkins: a hashed 29-31 would skip short months, and with a month
+    # list ("H H H 2 *") make the expression never fire, so a site's name would decide whether
+    # its config is valid.
+    _Field("day-of-month", 1, 31, {}, 31, 28),
+    _Field("month", 1, 12, _MONTH_NAMES, 12, 12),
     # 7 is Sunday too, as in Vixie cron.
-    _Field("day-of-week", 0, 7, _DAY_NAMES, 6),
+    _Field("day-of-week", 0, 7, _DAY_NAMES, 6, 6),
 )
 _FIELD_TITLES = "minute hour day-of-month month day-of-week"
 
@@ -276,7 +285,7 @@ def _check_plain_item(item: str, field: _Field) -> None:
             # croniter would wrap around; Vixie cron refuses, and so do we: say it explicitly.
             raise _FieldError(
                 f"{field.name} range {item!r} is backwards ({low} > {high}); "
-                f"write it as two ranges: {low}-{field.hash_high},{field.low}-{high}"
+                f"write it as two ranges: {low}-{field.distinct_high},{field.low}-{high}"
             )
 
 
@@ -299,7 +308,7 @@ def _number(text: str, field: _Field, item: str) -> int:
 
 
 def _step(text: str, field: _Field, item: str) -> int:
-    span = field.hash_high - field.low + 1
+    span = field.distinct_high - field.low + 1
     if not (text.isdecimal() and text.isascii()) or not 1 <= int(text) <= span:
         raise _FieldError(
             f"{field.name} step {text!r} in {item!r} is not a number from 1 to {span}"
