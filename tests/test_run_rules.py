@@ -376,6 +376,26 @@ async def test_retry_after_timeout_waits_until_the_step_has_ended() -> None:
     assert clock.sleeps == [1.0, INSTEP_POLL_SECONDS, INSTEP_POLL_SECONDS]
 
 
+@pytest.mark.parametrize("http_status", [504, 524])
+async def test_retry_after_gateway_timeout_waits_until_the_step_has_ended(
+    http_status: int,
+) -> None:
+    """A proxy's gateway timeout leaves the step running behind it: wait for instep false too."""
+    running = record(7, status_=RecordStatus.RUN, comment=TAG, instep=True)
+    between = record(7, status_=RecordStatus.RUN, comment=TAG, instep=False)
+    gateway = HttpError(f"stepBackup: HTTP {http_status} Gateway Timeout", http_status=http_status)
+    remote = normal_remote(steps=[gateway, final_reply(3)], record_script={7: [running, between]})
+    result = await execute(remote)
+    assert result.outcome is SUCCEEDED
+    assert remote.methods()[2:] == [
+        "stepBackup",
+        "getBackupInfo",
+        "getBackupInfo",
+        "stepBackup",
+        "getBackupInfo",
+    ]
+
+
 async def test_step_still_running_after_timeout_is_never_resent() -> None:
     """When the timed-out step never ends, the run fails as timeout without sending it again."""
     running = record(7, status_=RecordStatus.RUN, comment=TAG, instep=True)

@@ -228,6 +228,22 @@ class RunObserver(Protocol):
         ...
 
 
+GATEWAY_TIMEOUT_STATUSES = frozenset({504, 524})
+"""HTTP statuses a proxy or CDN sends when the site did not answer in time (524: Cloudflare)."""
+
+
+def _step_may_still_run(error: TransportError) -> bool:
+    """Return True when the failed step may still be executing on the server.
+
+    Besides the client's own in-doubt failures (timeout, connection lost mid-reply), a gateway
+    timeout means a proxy gave up waiting while PHP went on with the step: nginx's default
+    60 s read timeout is shorter than the steps of a tuned profile.
+    """
+    if error.in_doubt:
+        return True
+    return isinstance(error, HttpError) and error.http_status in GATEWAY_TIMEOUT_STATUSES
+
+
 class _StepEnded(Exception):
     """Internal: the backup is over according to its record, not to a step reply."""
 
@@ -430,7 +446,7 @@ class BackupRun:
                 if attempt > spec.step_retries:
                     return await self._settle_after_retries(error)
                 await self._retry_pause(attempt, error)
-                if error.in_doubt:
+                if _step_may_still_run(error):
                     await self._wait_for_step_end(error)
                 continue
             self._apply(status)
