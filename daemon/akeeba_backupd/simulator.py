@@ -108,6 +108,9 @@ class SiteSpec:
     """(step k, message); k 0 is the startBackup reply. v2 sends each in exactly one reply; v1
     repeats all earlier ones in every later reply, as the 330 engine does."""
     archive_size_bytes: int = 42_617_630
+    api_level: int | None = None
+    """The API level getVersion reports (default: 600 for v2, 330 for v1); set it below 330 to
+    play a server too old for the daemon."""
     faults: Faults = field(default_factory=Faults)
 
 
@@ -381,6 +384,16 @@ def _to_text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def _json_or_none(text: str | None) -> Any:
+    """Return ``text`` decoded as JSON, or None when it is None or not JSON."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
 def _stamp(moment: datetime) -> str:
     """Return ``moment`` as the records' "YYYY-MM-DD HH:MM:SS" (UTC)."""
     return moment.strftime("%Y-%m-%d %H:%M:%S")
@@ -460,12 +473,21 @@ _SETTING_KINDS: Final = {
     "sleep_time_ms": "count",
     "warnings": "warnings",
     "archive_size_bytes": "count",
+    "api_level": "level",
     "profiles": "profiles",
     "secret": "secret",
     "platform": "platform",
 }
 CONTROL_SETTINGS: Final = frozenset(
-    {"steps", "step_seconds", "sleep_time_ms", "warnings", "archive_size_bytes", "profiles"}
+    {
+        "steps",
+        "step_seconds",
+        "sleep_time_ms",
+        "warnings",
+        "archive_size_bytes",
+        "profiles",
+        "api_level",
+    }
 )
 """The SiteSpec fields that ``POST /_sim/sites/{name}/settings`` may change."""
 
@@ -485,6 +507,8 @@ def _checked(kind: str, name: str, value: Any) -> Any:
     if kind == "count" and _is_int(value) and value >= 0:
         return value
     if kind == "positive" and _is_int(value) and value >= 1:
+        return value
+    if kind == "level" and (value is None or (_is_int(value) and value >= 1)):
         return value
     if kind == "seconds" and (_is_int(value) or isinstance(value, float)) and value >= 0:
         return float(value)
@@ -570,6 +594,8 @@ class SimulatedSite:
         """stepBackup calls that arrived while a step of the same backup was still executing."""
         self.foreign_starts = 0
         self.calls_by_method: dict[str, int] = {}
+        """Calls of known methods that reached this site's endpoint, refused ones (wrong secret,
+        API switched off) included: what a client's probe cost the site."""
         self.records: list[dict[str, Any]] = []
         """Backup records, oldest first, with the wire fields (strings, as the server keeps
         them) plus ``"corrupt": True`` on a backup that had two steps at once."""
@@ -641,9 +667,6 @@ class SimulatedSite:
         verb = request.method
         if verb not in ("GET", "POST"):
             return _Api(405, f"Invalid HTTP method {verb}")
-        faults = self.spec.faults
-        if faults.api_disabled or faults.auth_failure or not self._v2_authorised(request):
-            return _Api(503, "Access denied")
         if verb == "GET":
             source: Mapping[str, Any] = request.query
         else:
@@ -651,50 +674,50 @@ class SimulatedSite:
         params = {key: value for key, value in source.items() if isinstance(value, str)}
         method = params.get("method", "")
         entry = _V2_METHODS.get(method.lower())
+        if entry is not None:
+            self._count_call(entry[0])
+        faults = self.spec.faults
+        if faults.api_disabled or faults.auth_failure or not self._v2_authorised(request):
+            return _Api(503, "Access denied")
         if entry is None:
             return _Api(405, f"Invalid method {method}")
-        canonical, handler = entry
-        self.calls_by_method[canonical] = self.calls_by_method.get(canonical, 0) + 1
-        return await handler(self, params, host)
+        return await entry[1](self, params, host)
 
     async def handle_v1(self, request: web.Request, host: str) -> _Reply:
         """Answer one v1 request that reached this site's endpoint."""
         faults = self.spec.faults
-        if faults.api_disabled:
-            return _Api(503, "Access denied")
         raw: str | None = None
         if request.method == "POST":
             value = (await request.post()).get("json")
             raw = value if isinstance(value, str) else None
         if raw is None:
             raw = request.query.get("json")
-        try:
-            envelope = json.loads(raw) if raw is not None else None
-        except ValueError:
-            envelope = None
+        envelope = _json_or_none(raw)
+        body = envelope.get("body") if isinstance(envelope, dict) else None
+        inner = _json_or_none(body) if isinstance(body, str) else None
+        method = _to_text(inner.get("method")) if isinstance(inner, dict) else ""
+        entry = _V1_METHODS.get(method.lower())
+        if entry is not None:
+            self._count_call(entry[0])
+        if faults.api_disabled:
+            return _Api(503, "Access denied")
         if not isinstance(envelope, dict):
             return _Api(500, "JSON decoding error")
         if envelope.get("encapsulation") not in (1, "1"):
             return _Api(503, "The requested encapsulation type is not supported")
-        body = envelope.get("body")
         if not isinstance(body, str):
             return _EMPTY_500  # a PHP fatal error in the real server (fixture 107)
-        try:
-            inner = json.loads(body)
-        except ValueError:
-            inner = None
         if not isinstance(inner, dict):
             return _Api(500, "JSON decoding error")
         if faults.auth_failure or not self._v1_authorised(inner.get("challenge")):
             return _Api(401, "Authentication failed")
-        method = _to_text(inner.get("method"))
-        entry = _V1_METHODS.get(method.lower())
         if entry is None:
             return _Api(405, f"Invalid method {method}")
         data = inner.get("data")
-        canonical, handler = entry
-        self.calls_by_method[canonical] = self.calls_by_method.get(canonical, 0) + 1
-        return await handler(self, data if isinstance(data, dict) else {}, host)
+        return await entry[1](self, data if isinstance(data, dict) else {}, host)
+
+    def _count_call(self, method: str) -> None:
+        self.calls_by_method[method] = self.calls_by_method.get(method, 0) + 1
 
     def _v2_authorised(self, request: web.Request) -> bool:
         """Return whether the header (which alone decides when present) or query secret is right."""
@@ -718,7 +741,13 @@ class SimulatedSite:
     # --- methods shared by both generations ----------------------------------------------------
 
     async def _get_version(self, params: dict[str, Any], host: str) -> _Reply:
-        return _Api(200, _V2_VERSION if self.spec.api == "v2" else _V1_VERSION)
+        v2 = self.spec.api == "v2"
+        version = _V2_VERSION if v2 else _V1_VERSION
+        level = self.spec.api_level
+        if level is None:
+            return _Api(200, version)
+        # v1 servers send the level as a string (fixture 001), v2 as an int
+        return _Api(200, {**version, "api": level if v2 else str(level)})
 
     async def _get_profiles(self, params: dict[str, Any], host: str) -> _Reply:
         v2 = self.spec.api == "v2"
@@ -738,7 +767,10 @@ class SimulatedSite:
         limit = _to_int(params.get("limit")) or 50
         if limit < 1:
             limit = 50
-        newest_first = self.records[::-1][start : start + limit]
+        # Index from the end: the cost is the page size, not the site's whole history.
+        records = self.records
+        stop = max(0, len(records) - start)
+        newest_first = [records[index] for index in range(stop - 1, max(-1, stop - 1 - limit), -1)]
         return _Api(200, [self._listed(record) for record in newest_first])
 
     async def _get_backup_info(self, params: dict[str, Any], host: str) -> _Reply:
@@ -875,8 +907,26 @@ class SimulatedSite:
         key = _to_text(params.get("backupid"))
         run = self._runs.get(key)
         if run is None:  # the 330 engine never reports a lost backup: it starts a new one
-            run = self._silent_start(key, host)
+            return await self._v1_silent_restart(key, host)
         return await self._execute_step(run, host)
+
+    async def _v1_silent_restart(self, key: str, host: str) -> _Reply:
+        """Start a new backup under ``key`` unasked and answer like its start (fixtures 110, 111,
+        116, 118, 302): Domain ``init``, no warnings; its 11 steps follow from the next call."""
+        run = self._silent_start(key, host)
+        await self._spend_step_time(run.record)
+        return _Api(
+            200,
+            {
+                "HasRun": True,
+                "Domain": "init",
+                "Step": "",
+                "Substep": "",
+                "Error": False,
+                "Warnings": [],
+                "Progress": 0,
+            },
+        )
 
     # --- the engine ----------------------------------------------------------------------------
 
@@ -918,7 +968,7 @@ class SimulatedSite:
         """Answer a step whose state is gone: v2 reports it, v1 silently starts a new backup."""
         if self.spec.api == "v2":
             return _Api(500, _V2_LOST)
-        return await self._execute_step(self._silent_start(run.key, host), host)
+        return await self._v1_silent_restart(run.key, host)
 
     async def _step_body(self, run: _Run, step: int) -> _Reply:
         """Spend the step's time (hanging or slow when a fault says so), then advance ``run``."""
