@@ -109,9 +109,16 @@ def _no_endpoint_error(misses: list[tuple[Endpoint, AkeebaError]]) -> AkeebaErro
         for endpoint, error in misses
     )
     message = f"no Akeeba Backup JSON API found: tried {len(misses)} endpoint(s): {tried}"
-    first = misses[0][1] if misses else None
-    if isinstance(first, HttpError):
-        return HttpError(message, http_status=first.http_status)
+    # The reason comes from the most telling miss, not from whichever path was tried first: a
+    # 404 only says "not here", while a reply that came back unusable (junk, too large, HTTP 500)
+    # is what actually went wrong on the site.
+    errors = [error for _, error in misses]
+    telling = next(
+        (e for e in errors if not (isinstance(e, HttpError) and e.http_status == 404)),
+        errors[0] if errors else None,
+    )
+    if isinstance(telling, HttpError):
+        return HttpError(message, http_status=telling.http_status)
     return BadResponseError(message)
 
 
