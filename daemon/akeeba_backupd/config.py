@@ -105,6 +105,8 @@ _LABEL_RE: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Only names written like this are echoed in messages: anything else may be a pasted secret.
 _CONVENTIONAL_ENV_NAME_RE: Final = re.compile(r"[A-Z_][A-Z0-9_]*")
+# Keys that name where a secret is: a value of the wrong type there is likely the secret itself.
+_SECRET_REFERENCE_KEYS: Final = frozenset({"secret_file", "secret_env", "api_token_file"})
 _HOSTNAME_RE: Final = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
@@ -687,8 +689,9 @@ _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS: Final = frozenset(
     f"{_TAG}{name}" for name in ("null", "bool", "int", "float", "str", "timestamp")
 )
-_YAML11_BOOLEAN_WORDS: Final = frozenset({"yes", "no", "on", "off", "y", "n"})
-_TRUE_WORDS: Final = frozenset({"yes", "on", "y"})
+# The YAML 1.1 booleans that YAML 1.2 tools (editors validating against the schema) read as text.
+# "y" and "n" are not among them: PyYAML reads those as text too, so they are no trap here.
+_YAML11_BOOLEAN_WORDS: Final = frozenset({"yes", "no", "on", "off"})
 
 
 @dataclass
@@ -828,8 +831,9 @@ class _NodeReader:
 def _yaml11_trap(node: ScalarNode, value: object) -> str | None:
     """Return why an unquoted scalar reads differently than it looks, or None."""
     text = str(node.value)
-    if text.lower() in _YAML11_BOOLEAN_WORDS:
-        meaning = "true" if text.lower() in _TRUE_WORDS else "false"
+    # Only what PyYAML really read as a boolean: "oN" or "y" stayed text, as the user meant.
+    if node.tag == f"{_TAG}bool" and text.lower() in _YAML11_BOOLEAN_WORDS:
+        meaning = "true" if value is True else "false"
         return (
             f"unquoted {text!r} is the boolean {meaning} in YAML 1.1: "
             f'write true or false, or quote it ("{text}") if you mean the text'
@@ -837,6 +841,17 @@ def _yaml11_trap(node: ScalarNode, value: object) -> str | None:
     if node.tag in (f"{_TAG}int", f"{_TAG}float") and ":" in text:
         return f'unquoted {text!r} is the base-60 number {value} in YAML 1.1: quote it ("{text}")'
     return None
+
+
+def _yaml_error_hint(error: yaml.MarkedYAMLError) -> str:
+    """Return advice for the syntax errors an unquoted cron expression causes, or ""."""
+    # An unquoted "* * * * *" or "*/5 ..." starts an alias, and "@daily" a reserved indicator:
+    # PyYAML's wording names neither the value nor the fix.
+    alias = error.context == "while scanning an alias"
+    reserved = str(error.problem).startswith("found character '@' that cannot start any token")
+    if alias or reserved:
+        return '; quote values that start with * or @, e.g. cron: "*/5 * * * *"'
+    return ""
 
 
 def _show(value: object) -> str:
@@ -854,6 +869,19 @@ def _show(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     return f"{value} (a {type(value).__name__})"
+
+
+def _kind_of(value: object) -> str:
+    """Return what kind of value ``value`` is, without showing it."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
 
 
 def _format_location(loc: Loc) -> str:
@@ -918,6 +946,11 @@ def _error_message(error: ErrorDetails, root: type[BaseModel]) -> tuple[Loc, str
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return loc, f"unknown key {key!r}{hint}"
+    if kind == "string_type" and loc and loc[-1] in _SECRET_REFERENCE_KEYS:
+        return loc, (
+            f"expected a string, got {_kind_of(value)} (not shown: {loc[-1]} names where the "
+            "secret is, and never holds the secret itself)"
+        )
     if kind == "string_type":
         hint = "" if isinstance(value, dict | list) or value is None else ": quote it"
         return loc, f"expected a string, got {_show(value)}{hint}"
@@ -1037,6 +1070,12 @@ class _Loader:
             return None
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
+            if node is not None:
+                document.marks.lines[()] = _line(node)
+                reader = _NodeReader(
+                    lambda loc, message, line: self.issue(document, loc, message, line)
+                )
+                document.data = reader.read(node, (), document.marks)
         except yaml.MarkedYAMLError as error:
             mark = error.problem_mark or error.context_mark
             detail = error.problem or error.context or "unreadable"
@@ -1047,19 +1086,18 @@ class _Loader:
             self.issue(
                 document,
                 (),
-                f"invalid YAML{where}: {detail}{context}",
+                f"invalid YAML{where}: {detail}{context}{_yaml_error_hint(error)}",
                 None if mark is None else mark.line + 1,
             )
             return None
         except yaml.YAMLError as error:
             self.issue(document, (), f"invalid YAML: {' '.join(str(error).split())}", None)
             return None
-        if node is not None:
-            document.marks.lines[()] = _line(node)
-            reader = _NodeReader(
-                lambda loc, message, line: self.issue(document, loc, message, line)
-            )
-            document.data = reader.read(node, (), document.marks)
+        except RecursionError:
+            # PyYAML composes (and the reader reads) recursively: a few hundred nested levels
+            # exhaust the stack, long past anything a config file needs.
+            self.issue(document, (), "invalid YAML: nested too deeply", None)
+            return None
         return document
 
     def validate(
