@@ -680,8 +680,8 @@ async def test_request_suspend_returns_a_checkpoint() -> None:
     assert checkpoint.left_init
 
 
-def saved_checkpoint() -> Checkpoint:
-    """Return the checkpoint of a run stopped after its fifth reply."""
+def saved_checkpoint(*, clean: bool = True) -> Checkpoint:
+    """Return the checkpoint of a run stopped after its fifth reply (by a shutdown if clean)."""
     return Checkpoint(
         site="example",
         schedule="nightly",
@@ -697,6 +697,7 @@ def saved_checkpoint() -> Checkpoint:
         replies=5,
         left_init=True,
         warnings=(W1,),
+        clean=clean,
     )
 
 
@@ -796,3 +797,106 @@ async def test_exactly_one_run_finished_per_run(remote: FakeRemote, outcome: Run
     assert result.outcome is outcome
     assert isinstance(observer.events[0], RunBegan)
     assert len(observer.of_type(RunFinished)) == 1
+
+
+async def test_resume_after_crash_waits_for_the_running_step() -> None:
+    """After a crash, the resumed run polls getBackupInfo until instep is 0 before stepping."""
+    clock = FakeClock()
+    remote = FakeRemote(
+        steps=[final_reply(7, backupid="id-9")],
+        records={7: COMPLETE},
+        record_script={
+            7: [
+                record(7, status_=RecordStatus.RUN, comment=TAG, instep=True),
+                record(7, status_=RecordStatus.RUN, comment=TAG, instep=False),
+            ]
+        },
+        clock=clock,
+    )
+    result = await execute(remote, clock=clock, resume_from=saved_checkpoint(clean=False))
+    assert (result.outcome, result.reason) == (SUCCEEDED, None)
+    assert remote.methods() == ["getBackupInfo", "getBackupInfo", "stepBackup", "getBackupInfo"]
+    assert remote.max_in_flight == 1
+
+
+async def test_resume_after_crash_finds_the_backup_already_complete() -> None:
+    """After a crash during the last step, a complete record ends the run without a step."""
+    remote = FakeRemote(records={7: COMPLETE})
+    result = await execute(remote, resume_from=saved_checkpoint(clean=False))
+    assert (result.outcome, result.reason) == (SUCCEEDED, None)
+    assert "stepBackup" not in remote.methods()
+
+
+async def test_resume_after_crash_without_record_id_waits_out_a_step() -> None:
+    """Without a record id (API 330), a crash resume waits until a step cannot still run."""
+    clock = FakeClock()
+    checkpoint = replace(
+        saved_checkpoint(clean=False), backup_record_id=None, last_step_number=None
+    )
+    remote = FakeRemote(
+        steps=[status(backupid=None, record_id=None), final_reply(None, backupid=None)],
+        listing=(record(3, comment=TAG),),
+    )
+    observer = RecordingObserver()
+    run = BackupRun(remote, SPEC, clock, observer, checkpoint, checkpoint_age_seconds=30.0)
+    result = await run.execute()
+    assert (result.outcome, result.reason) == (SUCCEEDED, None)
+    assert clock.sleeps[0] == 150.0  # the 180 s a step can last, less the checkpoint's age
+
+
+async def test_resume_before_the_first_reply_adopts_the_started_backup() -> None:
+    """A crash right after startBackup was sent: the tagged record's backup is adopted."""
+    checkpoint = replace(
+        saved_checkpoint(clean=False),
+        backupid=None,
+        backup_record_id=None,
+        last_step_number=None,
+        replies=0,
+        left_init=False,
+        warnings=(),
+    )
+    adopted = record(7, status_=RecordStatus.RUN, comment=TAG, instep=False, backupid="id-9")
+    remote = FakeRemote(
+        steps=[final_reply(3, backupid="id-9")],
+        listing=(adopted,),
+        records={7: COMPLETE},
+        record_script={7: [adopted]},
+    )
+    result = await execute(remote, resume_from=checkpoint)
+    assert (result.outcome, result.reason) == (SUCCEEDED, None)
+    assert "startBackup" not in remote.methods()
+    assert step_args(remote) == ["id-9"]
+
+
+async def test_resume_before_the_first_reply_starts_when_nothing_started() -> None:
+    """A crash before startBackup reached the server: no tagged record, so the run starts."""
+    checkpoint = replace(
+        saved_checkpoint(clean=False),
+        backupid=None,
+        backup_record_id=None,
+        last_step_number=None,
+        replies=0,
+        left_init=False,
+        warnings=(),
+    )
+    remote = normal_remote()
+    result = await execute(remote, resume_from=checkpoint)
+    assert (result.outcome, result.reason) == (SUCCEEDED, None)
+    assert remote.methods()[:3] == ["listBackups", "getProfiles", "startBackup"]
+    assert remote.methods().count("startBackup") == 1
+
+
+async def test_before_start_hook_runs_before_startbackup() -> None:
+    """The before_start hook gets the run's first checkpoint before startBackup is sent."""
+    remote = normal_remote()
+    seen: list[tuple[list[str], Checkpoint]] = []
+
+    async def hook(checkpoint: Checkpoint) -> None:
+        seen.append((remote.methods(), checkpoint))
+
+    run = BackupRun(remote, SPEC, FakeClock(), RecordingObserver(), before_start=hook)
+    result = await run.execute()
+    assert result.outcome is SUCCEEDED
+    ((methods, checkpoint),) = seen
+    assert methods == ["getProfiles"]
+    assert (checkpoint.replies, checkpoint.backupid, checkpoint.clean) == (0, None, False)

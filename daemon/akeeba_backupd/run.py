@@ -137,6 +137,9 @@ class Checkpoint:
     replies: int = 0
     left_init: bool = False
     warnings: tuple[str, ...] = ()
+    clean: bool = False
+    """True when saved by a suspension, between steps: no call of the run can be executing on
+    the server. False after a crash, when the last step (or the start) may still be running."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,12 +281,24 @@ class BackupRun:
         clock: Clock,
         observer: RunObserver,
         resume_from: Checkpoint | None = None,
+        *,
+        checkpoint_age_seconds: float | None = None,
+        before_start: Callable[[Checkpoint], Awaitable[None]] | None = None,
     ) -> None:
+        """Prepare a run of ``spec``, or the continuation of ``resume_from``.
+
+        ``checkpoint_age_seconds`` says how long ago an unclean checkpoint was saved (None:
+        unknown), which bounds the wait for a step that may still run on a server that sends no
+        record id. ``before_start`` is awaited with the run's first checkpoint just before
+        ``startBackup`` is sent, so the run can be found and adopted after a crash.
+        """
         self.spec = spec
         self._remote = remote
         self._clock = clock
         self._observer = observer
         self._resume_from = resume_from
+        self._checkpoint_age_seconds = checkpoint_age_seconds
+        self._before_start = before_start
         self._state = _LiveState()
         self._started_at = resume_from.started_at if resume_from else clock.now()
         self._deadline = 0.0
@@ -346,6 +361,8 @@ class BackupRun:
                 f"profile {spec.profile_id} does not exist on the site (profiles: {known}); "
                 "the server would silently back up with default settings"
             )
+        if self._before_start is not None:
+            await self._before_start(self.checkpoint())
         return await self._start()
 
     async def _start(self) -> BackupStatus:
@@ -420,11 +437,69 @@ class BackupRun:
         state.replies = checkpoint.replies
         state.left_init = checkpoint.left_init
         state.warnings = list(checkpoint.warnings)
+        if checkpoint.replies == 0:
+            return await self._resume_before_first_reply()
         try:
+            if not checkpoint.clean:
+                await self._wait_after_crash()
             status = await self._step()
         except (RestartedError, MisbehavingServerError, RemoteError) as error:
             return await self._settle_resume(error)
         return status
+
+    async def _resume_before_first_reply(self) -> BackupStatus:
+        """The process died around startBackup: adopt the backup if it started, else start.
+
+        The run's record, found by its tag, tells: none means the start never reached the
+        server (starting now kills nothing of ours); running means adopt it; ended means that
+        is the outcome.
+        """
+        try:
+            record = await self._with_retries(self._find_own_record)
+        except (TransportError, RemoteError) as error:
+            raise InterruptedRunError(
+                f"could not tell whether the backup started before the restart: {error.message}"
+            ) from None
+        if record is None:
+            log.info("%s/%s: the start never reached the server; starting now", *self._names())
+            return await self._begin()
+        if record.status is RecordStatus.COMPLETE:
+            raise _StepEnded(record)
+        if record.status is not RecordStatus.RUN or not record.backupid:
+            raise InterruptedRunError(
+                f"the backup started before the restart ended as {record.status} "
+                f"(record #{record.id})"
+            )
+        self._state.backupid = record.backupid
+        self._state.record_id = record.id
+        await self._wait_after_crash()
+        return await self._step()
+
+    async def _wait_after_crash(self) -> None:
+        """Return once no step of this run can still be executing on the server.
+
+        After a crash the last step may still run there, and a second one now would corrupt
+        the archive: with a record id, wait for ``instep`` 0; without, wait until the step has
+        outlived the longest a step can run, counting from when the checkpoint was saved.
+        """
+        if self._state.record_id is not None:
+            await self._wait_for_step_end(
+                RequestTimeoutError("the step running before the restart did not end in time")
+            )
+            return
+        age = self._checkpoint_age_seconds
+        remaining = SERVER_MAX_STEP_SECONDS - (age if age is not None else 0.0)
+        if remaining > 0:
+            log.info(
+                "%s/%s: waiting %.0f s in case a step is still running on the server",
+                *self._names(),
+                remaining,
+            )
+            await self._clock.sleep(remaining)
+            self._check_time()
+
+    def _names(self) -> tuple[str, str]:
+        return self.spec.site, self.spec.schedule
 
     async def _settle_resume(self, error: AkeebaError) -> BackupStatus:
         """The server no longer continues the saved run: its record says how it ended."""
@@ -723,7 +798,7 @@ class BackupRun:
     def _suspended(self) -> RunResult:
         return replace(
             self._result(RunOutcome.SUSPENDED, None, "stepping stopped for shutdown; resumable"),
-            checkpoint=self.checkpoint(),
+            checkpoint=replace(self.checkpoint(), clean=True),
         )
 
     def _failed(self, reason: FailureReason, message: str) -> RunResult:
