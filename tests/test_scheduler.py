@@ -21,6 +21,7 @@ from akeeba_backupd.run import (
     RunResult,
 )
 from akeeba_backupd.scheduler import Scheduler, SchedulerError, ScheduleState
+from akeeba_backupd.state import SavedCheckpoint
 from akeeba_backupd.status import SkipReason
 from tests.sim_clock import START, SteppingClock
 
@@ -117,10 +118,17 @@ class FakeRunFactory:
     in_flight: int = 0
     max_in_flight: int = 0
     mutex_violations: int = 0
+    resumed: list[SavedCheckpoint | None] = field(default_factory=list)
 
     def create_run(
-        self, site: SiteConfig, schedule: ScheduleConfig, run_id: str, observer: RunObserver
+        self,
+        site: SiteConfig,
+        schedule: ScheduleConfig,
+        run_id: str,
+        observer: RunObserver,
+        resume: SavedCheckpoint | None,
     ) -> FakeRun:
+        self.resumed.append(resume)
         if site.name in self.active:
             self.mutex_violations += 1
         run = FakeRun(

@@ -36,7 +36,8 @@ from akeeba_backupd.run import (
     RunOutcome,
     RunResult,
 )
-from akeeba_backupd.status import ScheduleStats, SkipReason
+from akeeba_backupd.state import LoadedState, SavedCheckpoint
+from akeeba_backupd.status import FinishedRun, ScheduleStats, SkipReason
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,30 @@ class RunFactory(Protocol):
     """Makes the run for a taken fire."""
 
     def create_run(
-        self, site: SiteConfig, schedule: ScheduleConfig, run_id: str, observer: RunObserver
+        self,
+        site: SiteConfig,
+        schedule: ScheduleConfig,
+        run_id: str,
+        observer: RunObserver,
+        resume: SavedCheckpoint | None,
     ) -> Run:
-        """Return a run not yet started; its events must go to ``observer``."""
+        """Return a run not yet started (or continuing ``resume``); events go to ``observer``."""
+        ...
+
+
+class SchedulerListener(Protocol):
+    """Told what the state store must keep about schedules (the service persists it)."""
+
+    def fire_taken(self, entry: ScheduleEntry) -> None:
+        """``entry.last_fire_at`` moved on."""
+        ...
+
+    def fire_skipped(self, entry: ScheduleEntry, skipped: FinishedRun) -> None:
+        """A fire started no run (``overlap`` or ``misfire``)."""
+        ...
+
+    def resume_dropped(self, saved: SavedCheckpoint) -> None:
+        """An in-flight run of a schedule no longer configured will not be resumed."""
         ...
 
 
@@ -115,6 +137,10 @@ class ScheduleEntry:
     run: Run | None = None
     run_group: str | None = None
     generation: int = 0
+    last_fire_at: datetime | None = None
+    """The latest fire time taken (run or skipped); None for a schedule never seen firing."""
+    resume: SavedCheckpoint | None = None
+    """The in-flight run a queued entry continues instead of starting a new one."""
 
     @property
     def key(self) -> ScheduleKey:
@@ -155,15 +181,22 @@ class Scheduler:
         factory: RunFactory,
         *,
         observer: RunObserver | None = None,
+        listener: SchedulerListener | None = None,
+        restored: LoadedState | None = None,
         rng: random.Random | None = None,
         max_idle_wait_seconds: float = MAX_IDLE_WAIT_SECONDS,
     ) -> None:
         """Track every schedule of ``config``; nothing fires before :meth:`start`.
 
-        ``max_idle_wait_seconds`` bounds how long the loop trusts a sleep before it looks at
-        the wall clock again (to notice clock jumps); tests simulating weeks raise it.
+        ``restored`` is what the state store kept: tallies and history, the last fire time of
+        each schedule (fires missed since then are handled by the misfire policy at start),
+        pauses, and in-flight runs (resumed first, at start). ``max_idle_wait_seconds`` bounds
+        how long the loop trusts a sleep before it looks at the wall clock again (to notice
+        clock jumps); tests simulating weeks raise it.
         """
         self._clock = clock
+        self._listener = listener
+        self._restored = restored or LoadedState()
         self._max_idle_wait_seconds = max_idle_wait_seconds
         self._factory = factory
         self._observer = observer
@@ -184,7 +217,12 @@ class Scheduler:
         now = clock.now()
         for site in config.sites:
             for schedule in site.schedules:
-                self._add(site, schedule, now)
+                entry = self._add(site, schedule, now)
+                kept = self._restored.stats.get(entry.key)
+                if kept is not None:
+                    entry.stats = kept
+                entry.last_fire_at = self._restored.last_fire_at.get(entry.key)
+                entry.paused = entry.key in self._restored.pauses
 
     # --- reading -------------------------------------------------------------------------
 
@@ -228,9 +266,70 @@ class Scheduler:
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the scheduling loop (call from the running event loop)."""
-        if self._loop_task is None:
-            self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
+        """Queue restored in-flight runs and missed fires, then start the scheduling loop."""
+        if self._loop_task is not None:
+            return
+        now = self._clock.now()
+        for saved in self._restored.inflight:
+            self._queue_resume(saved)
+        for entry in list(self._entries.values()):
+            self._catch_up(entry, now)
+        self._restored = LoadedState()
+        self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
+
+    def _queue_resume(self, saved: SavedCheckpoint) -> None:
+        checkpoint = saved.checkpoint
+        entry = self._entries.get((checkpoint.site, checkpoint.schedule))
+        if entry is None:
+            log.warning(
+                "%s/%s: in-flight run %s not resumed: the schedule is no longer configured",
+                checkpoint.site,
+                checkpoint.schedule,
+                checkpoint.run_id,
+            )
+            if self._listener is not None:
+                self._listener.resume_dropped(saved)
+            return
+        entry.resume = saved
+        # Resumes go first: their fire time is long past, and the server is holding the run.
+        self._enqueue(entry, checkpoint.started_at)
+
+    def _catch_up(self, entry: ScheduleEntry, now: datetime) -> None:
+        """Apply the misfire policy to fires missed while the daemon was down."""
+        last = entry.last_fire_at
+        if last is None:
+            return  # never seen firing: a new schedule has no missed fire times
+        settings = entry.schedule.settings
+        latest = previous_fire_time(entry.schedule.cron, now, settings.timezone)
+        if latest is None or latest <= last:
+            return
+        self._note_fire(entry, latest)
+        if entry.paused:
+            return
+        age_seconds = (now - latest).total_seconds()
+        if settings.misfire is MisfirePolicy.SKIP or age_seconds > settings.misfire_grace_seconds:
+            self._skip(
+                entry,
+                SkipReason.MISFIRE,
+                now,
+                f"fire time {latest:%Y-%m-%d %H:%M} UTC missed while the daemon was down",
+            )
+            return
+        if entry.state is not ScheduleState.IDLE:
+            self._skip(entry, SkipReason.OVERLAP, now, "in-flight run resumed at its fire time")
+            return
+        log.info(
+            "%s/%s: fire time %s UTC missed while down; running once now",
+            entry.site.name,
+            entry.schedule.name,
+            f"{latest:%Y-%m-%d %H:%M}",
+        )
+        self._enqueue(entry, latest)
+
+    def _note_fire(self, entry: ScheduleEntry, fire_at: datetime) -> None:
+        entry.last_fire_at = fire_at
+        if self._listener is not None:
+            self._listener.fire_taken(entry)
 
     async def stop(self, grace_seconds: float, force: asyncio.Event | None = None) -> StopSummary:
         """Stop taking fires; ask every run to stop after its step; wait up to ``grace_seconds``.
@@ -301,7 +400,8 @@ class Scheduler:
         entries = self._matching(site, schedule)
         for entry in entries:
             entry.paused = True
-            if entry.state is ScheduleState.QUEUED:
+            # A queued resume is a backup in progress on the server: it goes on.
+            if entry.state is ScheduleState.QUEUED and entry.resume is None:
                 self._dequeue(entry)
         return entries
 
@@ -428,6 +528,7 @@ class Scheduler:
         latest = previous_fire_time(entry.schedule.cron, now, settings.timezone) or fire_at
         latest = max(latest, fire_at)
         self._reschedule(entry, now)
+        self._note_fire(entry, latest)
         if entry.paused:
             return
         lag_seconds = (now - due_at).total_seconds()
@@ -457,7 +558,9 @@ class Scheduler:
         log.info(
             "%s/%s: fire skipped (%s): %s", entry.site.name, entry.schedule.name, reason, message
         )
-        entry.stats.on_skip(reason, now, message)
+        skipped = entry.stats.on_skip(reason, now, message)
+        if self._listener is not None:
+            self._listener.fire_skipped(entry, skipped)
 
     def _dispatch(self) -> None:
         if self._stopping or not self._queue:
@@ -484,9 +587,10 @@ class Scheduler:
     def _start(self, entry: ScheduleEntry) -> None:
         fire_at = entry.queued_fire_at or self._clock.now()
         entry.queued_fire_at = None
-        run_id = make_run_id(fire_at)
+        resume, entry.resume = entry.resume, None
+        run_id = resume.checkpoint.run_id if resume is not None else make_run_id(fire_at)
         run = self._factory.create_run(
-            entry.site, entry.schedule, run_id, _EntryObserver(entry, self._observer)
+            entry.site, entry.schedule, run_id, _EntryObserver(entry, self._observer), resume
         )
         entry.run = run
         entry.state = ScheduleState.RUNNING
@@ -578,6 +682,9 @@ class Scheduler:
         bisect.insort(self._queue, (fire_at, entry.key))
 
     def _dequeue(self, entry: ScheduleEntry) -> None:
+        if entry.resume is not None and self._listener is not None:
+            self._listener.resume_dropped(entry.resume)
+        entry.resume = None
         if entry.queued_fire_at is not None:
             with contextlib.suppress(ValueError):
                 self._queue.remove((entry.queued_fire_at, entry.key))

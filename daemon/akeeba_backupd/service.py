@@ -25,7 +25,9 @@ from prometheus_client import CollectorRegistry
 
 from akeeba_backupd import __version__
 from akeeba_backupd.akeeba import (
+    AkeebaError,
     ClientSettings,
+    RecordStatus,
     SiteAddress,
     SiteRemote,
 )
@@ -34,6 +36,7 @@ from akeeba_backupd.config import Config, ConfigError, ScheduleConfig, SiteConfi
 from akeeba_backupd.metrics import DaemonView, FleetCollector
 from akeeba_backupd.run import (
     BackupRun,
+    Checkpoint,
     RunBegan,
     RunEvent,
     RunFinished,
@@ -41,10 +44,12 @@ from akeeba_backupd.run import (
     RunOutcome,
     RunResult,
     RunSpec,
+    StepDone,
     WarningRaised,
 )
 from akeeba_backupd.scheduler import Run, ScheduleEntry, Scheduler, SchedulerError
-from akeeba_backupd.status import SiteInfo, SiteStatus
+from akeeba_backupd.state import SavedCheckpoint, StateStore
+from akeeba_backupd.status import FinishedRun, SiteInfo, SiteStatus
 from akeeba_backupd.systemd import Notifier, notifier_from_environment, run_watchdog
 from akeeba_backupd.systemd import watchdog_interval_seconds as watchdog_interval
 from akeeba_backupd.web import build_app
@@ -55,6 +60,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
+SEEDING_CONCURRENCY = 8
+"""Sites asked for their backup list at once when seeding last successes at startup."""
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 60.0
 """How long in-flight runs get to finish their current step at shutdown (a step can last
 minutes on tuned profiles; the unit's TimeoutStopSec sits above this)."""
@@ -146,6 +153,8 @@ class Service:
         self._sites: dict[str, _Site] = {}
         self._session: aiohttp.ClientSession | None = None
         self._scheduler: Scheduler | None = None
+        self._store = StateStore(config.state_dir)
+        self._seeding: asyncio.Task[None] | None = None
         self._reload_ok = True
         self._reload_success_at: datetime | None = None
         self._listening = False
@@ -178,6 +187,11 @@ class Service:
                 aiohttp.ClientSession(connector=connector, raise_for_status=False)
             )
             self._build_sites(self.config)
+            restored = self._store.open()
+            self._store.start()
+            stack.push_async_callback(self._store.close)
+            if restored.inflight:
+                log.info("resuming %d in-flight run(s)", len(restored.inflight))
             runner = web.AppRunner(build_app(self, self.registry), access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
@@ -194,7 +208,9 @@ class Service:
                 return EXIT_FAILURE
             self.bound_port = int(runner.addresses[0][1])
             self._listening = True
-            scheduler = Scheduler(self.config, self._clock, self, observer=self)
+            scheduler = Scheduler(
+                self.config, self._clock, self, observer=self, listener=self, restored=restored
+            )
             self._scheduler = scheduler
             self._reload_success_at = self._clock.now()
             scheduler.start()
@@ -212,7 +228,9 @@ class Service:
             )
             self._notifier.ready(self.status_line())
             self.ready.set()
+            self._seeding = asyncio.create_task(self._seed_last_successes(), name="seeding")
             await self._main_loop()
+            self._seeding.cancel()
             self._notifier.stopping()
             self._notifier.status("stopping: waiting for runs to finish their step")
             running = scheduler.running_count
@@ -266,7 +284,10 @@ class Service:
             log.warning("reload: a new listen address needs a restart; still on the old one")
         self._build_sites(new)
         assert self._scheduler is not None
+        wanted = {(site.name, schedule.name) for site in new.sites for schedule in site.schedules}
+        gone = [entry.key for entry in self._scheduler.entries() if entry.key not in wanted]
         added, removed, changed = self._scheduler.apply(new)
+        self._store.forget_schedules(gone)
         self.config = new
         self._reload_ok = True
         self._reload_success_at = self._clock.now()
@@ -357,7 +378,7 @@ class Service:
         return DaemonView(
             config_reload_successful=self._reload_ok,
             config_reload_success_at=self._reload_success_at,
-            state_errors_total=0,
+            state_errors_total=self._store.errors_total,
             running_backups=0 if scheduler is None else scheduler.running_count,
             queued_backups=0 if scheduler is None else scheduler.queued_count,
         )
@@ -369,6 +390,8 @@ class Service:
             problems.append("HTTP listener not up")
         if self._scheduler is None or not self._scheduler.healthy():
             problems.append("scheduler not running")
+        if self._store.problem is not None:
+            problems.append(f"state store: {self._store.problem}")
         return problems
 
     def trigger(self, site: str, schedule: str) -> ScheduleEntry:
@@ -376,12 +399,18 @@ class Service:
         return self._require_scheduler().trigger(site, schedule)
 
     def pause(self, site: str, schedule: str | None) -> list[ScheduleEntry]:
-        """Pause a schedule or a whole site."""
-        return self._require_scheduler().pause(site, schedule)
+        """Pause a schedule or a whole site (kept across restarts)."""
+        entries = self._require_scheduler().pause(site, schedule)
+        for entry in entries:
+            self._store.set_paused(entry.site.name, entry.schedule.name, True)
+        return entries
 
     def resume(self, site: str, schedule: str | None) -> list[ScheduleEntry]:
         """Resume a schedule or a whole site."""
-        return self._require_scheduler().resume(site, schedule)
+        entries = self._require_scheduler().resume(site, schedule)
+        for entry in entries:
+            self._store.set_paused(entry.site.name, entry.schedule.name, False)
+        return entries
 
     def cancel(self, site: str, schedule: str) -> ScheduleEntry:
         """Cancel a running or queued run."""
@@ -405,7 +434,12 @@ class Service:
     # --- runs ----------------------------------------------------------------------------
 
     def create_run(
-        self, site: SiteConfig, schedule: ScheduleConfig, run_id: str, observer: RunObserver
+        self,
+        site: SiteConfig,
+        schedule: ScheduleConfig,
+        run_id: str,
+        observer: RunObserver,
+        resume: SavedCheckpoint | None,
     ) -> Run:
         """Return the run of ``schedule`` on ``site`` (the scheduler's RunFactory)."""
         tracked = self._sites[site.name]
@@ -414,7 +448,7 @@ class Service:
             site=site.name,
             schedule=schedule.name,
             run_id=run_id,
-            profile_id=schedule.profile,
+            profile_id=schedule.profile if resume is None else resume.checkpoint.profile_id,
             description=render_description(
                 schedule.description,
                 site.name,
@@ -429,10 +463,121 @@ class Service:
             request_timeout_seconds=settings.request_timeout_seconds,
             verify=settings.verify,
         )
-        return _TrackedRun(BackupRun(tracked.remote, spec, self._clock, observer), tracked)
+        age = None
+        if resume is not None:
+            age = max(0.0, (self._clock.now() - resume.saved_at).total_seconds())
+        run = BackupRun(
+            tracked.remote,
+            spec,
+            self._clock,
+            observer,
+            None if resume is None else resume.checkpoint,
+            checkpoint_age_seconds=age,
+            before_start=self._persist_before_start,
+        )
+        return _TrackedRun(run, tracked)
+
+    async def _persist_before_start(self, checkpoint: Checkpoint) -> None:
+        # Committed before startBackup goes out: after a crash the run is found and adopted
+        # by its tag instead of being forgotten while the server backs up.
+        self._store.save_checkpoint(checkpoint, self._clock.now())
+        await self._store.flush()
+
+    # --- the scheduler's listener: what the state store keeps ---------------------------
+
+    def fire_taken(self, entry: ScheduleEntry) -> None:
+        """Persist the schedule's last fire time (for misfire handling after a restart)."""
+        self._store.save_stats(entry.stats, entry.last_fire_at)
+
+    def fire_skipped(self, entry: ScheduleEntry, skipped: FinishedRun) -> None:
+        """Persist a skipped fire."""
+        self._store.add_run(skipped)
+        self._store.save_stats(entry.stats, entry.last_fire_at)
+
+    def resume_dropped(self, saved: SavedCheckpoint) -> None:
+        """Forget an in-flight run that will not be resumed."""
+        checkpoint = saved.checkpoint
+        self._store.drop_checkpoint(checkpoint.site, checkpoint.schedule)
+
+    def _persist_run_event(self, event: RunEvent) -> None:
+        if isinstance(event, StepDone):
+            self._store.save_checkpoint(event.checkpoint, event.at)
+        elif isinstance(event, RunFinished):
+            result = event.result
+            if result.outcome is RunOutcome.SUSPENDED:
+                if result.checkpoint is not None:
+                    self._store.save_checkpoint(result.checkpoint, result.finished_at)
+                return
+            self._store.drop_checkpoint(event.site, event.schedule)
+            entry = (
+                None
+                if self._scheduler is None
+                else self._scheduler.entry(event.site, event.schedule)
+            )
+            if entry is not None and entry.stats.history:
+                self._store.add_run(entry.stats.history[0])
+                self._store.save_stats(entry.stats, entry.last_fire_at)
+
+    # --- seeding last successes from the sites' own backup lists ------------------------
+
+    async def _seed_last_successes(self) -> None:
+        """For schedules with no history, take the last success from the site's listBackups.
+
+        Only records of the schedule's profile made through the JSON API (origin ``json``) and
+        complete count. Marked as seeded in the API until a run of ours replaces it.
+        """
+        scheduler = self._scheduler
+        assert scheduler is not None
+        unknown: dict[str, list[ScheduleEntry]] = {}
+        for entry in scheduler.entries():
+            stats = entry.stats
+            if stats.runs_total == 0 and stats.last_success_at is None and not stats.history:
+                unknown.setdefault(entry.site.name, []).append(entry)
+        if not unknown:
+            return
+        limit = asyncio.Semaphore(SEEDING_CONCURRENCY)
+
+        async def seed(site_name: str, entries: list[ScheduleEntry]) -> None:
+            tracked = self._sites.get(site_name)
+            if tracked is None:
+                return
+            async with limit:
+                try:
+                    records = await tracked.remote.list_backups(0, 50)
+                except AkeebaError as error:
+                    log.debug("%s: no last success seeded: %s", site_name, error.message)
+                    return
+            for entry in entries:
+                match = next(
+                    (
+                        record
+                        for record in records
+                        if record.status is RecordStatus.COMPLETE
+                        and record.origin == "json"
+                        and record.profile_id == entry.schedule.profile
+                    ),
+                    None,
+                )
+                stats = entry.stats
+                if match is None or stats.last_success_at is not None or stats.runs_total:
+                    continue
+                stats.last_success_at = match.ended or match.started
+                stats.last_success_seeded = True
+                if match.size_bytes:
+                    stats.archive_size_bytes = match.size_bytes
+                self._store.save_stats(stats, entry.last_fire_at)
+                log.info(
+                    "%s/%s: last success seeded from the site's backup #%d",
+                    site_name,
+                    entry.schedule.name,
+                    match.id,
+                )
+
+        await asyncio.gather(*(seed(name, entries) for name, entries in unknown.items()))
 
     def on_run_event(self, event: RunEvent) -> None:
-        """Log a run's milestones and keep STATUS= current."""
+        """Persist what a restart needs, log a run's milestones and keep STATUS= current."""
+        self._persist_run_event(event)
         if isinstance(event, RunBegan):
             log.info(
                 "%s/%s: run %s %s",

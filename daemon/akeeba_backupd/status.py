@@ -187,6 +187,8 @@ class ScheduleStats:
     last_status: bool | None = None
     last_duration_seconds: float | None = None
     last_success_at: datetime | None = None
+    last_success_seeded: bool = False
+    """True while ``last_success_at`` comes from the site's own backup list, not from a run."""
     last_failure_at: datetime | None = None
     last_failure_reason: FailureReason | None = None
     last_message: str = ""
@@ -230,6 +232,7 @@ class ScheduleStats:
         if result.outcome is RunOutcome.SUCCEEDED:
             self.last_status = True
             self.last_success_at = result.finished_at
+            self.last_success_seeded = False
             self.consecutive_failures = 0
             if self.live is not None:
                 self.live.progress_percent = 100
@@ -260,22 +263,22 @@ class ScheduleStats:
             )
         )
 
-    def on_skip(self, reason: SkipReason, at: datetime, message: str) -> None:
-        """Count a fire time that did not start a run, and keep it in the history."""
+    def on_skip(self, reason: SkipReason, at: datetime, message: str) -> FinishedRun:
+        """Count a fire time that did not start a run; return its history record."""
         self.skipped_total[reason] += 1
-        self.history.appendleft(
-            FinishedRun(
-                site=self.site,
-                schedule=self.schedule,
-                run_id="",
-                outcome="skipped",
-                reason=str(reason),
-                message=message,
-                started_at=at,
-                finished_at=at,
-                duration_seconds=0.0,
-            )
+        skipped = FinishedRun(
+            site=self.site,
+            schedule=self.schedule,
+            run_id="",
+            outcome="skipped",
+            reason=str(reason),
+            message=message,
+            started_at=at,
+            finished_at=at,
+            duration_seconds=0.0,
         )
+        self.history.appendleft(skipped)
+        return skipped
 
 
 @dataclass(slots=True)

@@ -140,6 +140,7 @@ def schedule_json(entry: ScheduleEntry) -> dict[str, Any]:
         "next_run": _iso(entry.next_due_at),
         "expected_interval_seconds": entry.expected_interval_seconds,
         "last_success": _iso(stats.last_success_at),
+        "last_success_seeded": stats.last_success_seeded,
         "consecutive_failures": stats.consecutive_failures,
         "last": None if last is None else run_json(last),
         "live": None

@@ -1,0 +1,649 @@
+"""Persistence in SQLite: schedule tallies, run history, in-flight runs for resume, pauses.
+
+What a restart must not lose (DESIGN.md §5) lives in one file in ``state_dir`` (WAL mode). The
+event loop never waits for the disk: writes are queued in memory, coalesced (the latest
+checkpoint of a run replaces the one before) and committed in one transaction by a single
+writer task that runs SQLite in a worker thread. :meth:`StateStore.flush` commits at once
+(shutdown, tests).
+
+A broken store never stops backups: a corrupt file is moved aside and a new one started; a
+locked or unwritable one leaves the daemon running in memory, counting every failed write in
+``errors_total`` and describing itself in ``problem`` (shown on ``/readyz``), and trying again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from akeeba_backupd.akeeba import FailureReason
+from akeeba_backupd.run import Checkpoint
+from akeeba_backupd.status import (
+    HISTORY_PER_SCHEDULE,
+    FinishedRun,
+    Histogram,
+    LiveRun,
+    ScheduleStats,
+    SkipReason,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_FILE_NAME: Final = "state.db"
+REOPEN_INTERVAL_SECONDS: Final = 60.0
+"""How often an unavailable store is tried again."""
+
+ScheduleKey = tuple[str, str]
+
+# Each entry moves the schema one version up; never edit a released one, append a new one.
+MIGRATIONS: Final = (
+    """
+    CREATE TABLE schedule_state (
+        site TEXT NOT NULL,
+        schedule TEXT NOT NULL,
+        data TEXT NOT NULL,
+        last_fire_at REAL,
+        PRIMARY KEY (site, schedule)
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        site TEXT NOT NULL,
+        schedule TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        reason TEXT,
+        message TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL NOT NULL,
+        duration_seconds REAL NOT NULL,
+        warnings TEXT NOT NULL,
+        archive TEXT,
+        archive_size_bytes INTEGER,
+        backup_record_id INTEGER
+    );
+    CREATE INDEX runs_by_schedule ON runs (site, schedule, id);
+    CREATE TABLE inflight (
+        site TEXT NOT NULL,
+        schedule TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        checkpoint TEXT NOT NULL,
+        saved_at REAL NOT NULL,
+        PRIMARY KEY (site, schedule)
+    );
+    CREATE TABLE pauses (
+        site TEXT NOT NULL,
+        schedule TEXT NOT NULL,
+        PRIMARY KEY (site, schedule)
+    );
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+class StateError(Exception):
+    """The state file cannot be used; the message says which file and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class SavedCheckpoint:
+    """An in-flight run as saved, with when it was saved."""
+
+    checkpoint: Checkpoint
+    saved_at: datetime
+
+
+@dataclass(slots=True)
+class LoadedState:
+    """Everything read back at startup."""
+
+    stats: dict[ScheduleKey, ScheduleStats] = field(default_factory=dict)
+    last_fire_at: dict[ScheduleKey, datetime] = field(default_factory=dict)
+    inflight: list[SavedCheckpoint] = field(default_factory=list)
+    pauses: set[ScheduleKey] = field(default_factory=set)
+
+
+# --- (de)serialisation ------------------------------------------------------------------------
+
+
+def _ts(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def stats_to_json(stats: ScheduleStats) -> str:
+    """Return the tallies of ``stats`` (not the live run, not the history) as JSON."""
+    return json.dumps(
+        {
+            "runs_total": stats.runs_total,
+            "failures_total": {str(k): v for k, v in stats.failures_total.items()},
+            "skipped_total": {str(k): v for k, v in stats.skipped_total.items()},
+            "warnings_total": stats.warnings_total,
+            "step_retries_total": stats.step_retries_total,
+            "last_status": stats.last_status,
+            "last_duration_seconds": stats.last_duration_seconds,
+            "last_success_at": _ts(stats.last_success_at),
+            "last_success_seeded": stats.last_success_seeded,
+            "last_failure_at": _ts(stats.last_failure_at),
+            "last_failure_reason": None
+            if stats.last_failure_reason is None
+            else str(stats.last_failure_reason),
+            "last_message": stats.last_message,
+            "consecutive_failures": stats.consecutive_failures,
+            "archive_size_bytes": stats.archive_size_bytes,
+            "durations": {
+                "counts": stats.durations.counts,
+                "total": stats.durations.total,
+                "count": stats.durations.count,
+            },
+            "last_run": None
+            if stats.live is None
+            else {
+                "run_id": stats.live.run_id,
+                "started_at": _ts(stats.live.started_at),
+                "step_number": stats.live.step_number,
+                "progress_percent": stats.live.progress_percent,
+                "domain": stats.live.domain,
+                "last_step_at": _ts(stats.live.last_step_at),
+                "warnings": stats.live.warnings,
+            },
+        }
+    )
+
+
+def stats_from_json(site: str, schedule: str, text: str) -> ScheduleStats:
+    """Return a ScheduleStats rebuilt from :func:`stats_to_json` output; unknown keys ignored."""
+    data: dict[str, Any] = json.loads(text)
+    stats = ScheduleStats(site, schedule)
+    stats.runs_total = int(data.get("runs_total", 0))
+    for key, count in data.get("failures_total", {}).items():
+        with contextlib.suppress(ValueError):
+            stats.failures_total[FailureReason(key)] = int(count)
+    for key, count in data.get("skipped_total", {}).items():
+        with contextlib.suppress(ValueError):
+            stats.skipped_total[SkipReason(key)] = int(count)
+    stats.warnings_total = int(data.get("warnings_total", 0))
+    stats.step_retries_total = int(data.get("step_retries_total", 0))
+    stats.last_status = data.get("last_status")
+    stats.last_duration_seconds = data.get("last_duration_seconds")
+    stats.last_success_at = _dt(data.get("last_success_at"))
+    stats.last_success_seeded = bool(data.get("last_success_seeded", False))
+    stats.last_failure_at = _dt(data.get("last_failure_at"))
+    reason = data.get("last_failure_reason")
+    with contextlib.suppress(ValueError):
+        stats.last_failure_reason = None if reason is None else FailureReason(reason)
+    stats.last_message = str(data.get("last_message", ""))
+    stats.consecutive_failures = int(data.get("consecutive_failures", 0))
+    stats.archive_size_bytes = data.get("archive_size_bytes")
+    durations = data.get("durations") or {}
+    counts = durations.get("counts")
+    if isinstance(counts, list) and len(counts) == len(stats.durations.counts):
+        stats.durations = Histogram(
+            stats.durations.bounds,
+            [int(c) for c in counts],
+            float(durations.get("total", 0.0)),
+            int(durations.get("count", 0)),
+        )
+    last = data.get("last_run")
+    if isinstance(last, dict) and last.get("started_at") is not None:
+        started = _dt(last["started_at"])
+        assert started is not None
+        stats.live = LiveRun(
+            run_id=str(last.get("run_id", "")),
+            started_at=started,
+            step_number=int(last.get("step_number", 0)),
+            progress_percent=int(last.get("progress_percent", 0)),
+            domain=str(last.get("domain", "init")),
+            last_step_at=_dt(last.get("last_step_at")),
+            warnings=int(last.get("warnings", 0)),
+        )
+    return stats
+
+
+def checkpoint_to_json(checkpoint: Checkpoint) -> str:
+    """Return ``checkpoint`` as JSON."""
+    return json.dumps(
+        {
+            "site": checkpoint.site,
+            "schedule": checkpoint.schedule,
+            "run_id": checkpoint.run_id,
+            "profile_id": checkpoint.profile_id,
+            "started_at": checkpoint.started_at.timestamp(),
+            "backupid": checkpoint.backupid,
+            "backup_record_id": checkpoint.backup_record_id,
+            "archive": checkpoint.archive,
+            "last_step_number": checkpoint.last_step_number,
+            "domain": checkpoint.domain,
+            "progress_percent": checkpoint.progress_percent,
+            "replies": checkpoint.replies,
+            "left_init": checkpoint.left_init,
+            "warnings": list(checkpoint.warnings),
+        }
+    )
+
+
+def checkpoint_from_json(text: str) -> Checkpoint:
+    """Return the Checkpoint of :func:`checkpoint_to_json`; raise ValueError when malformed."""
+    try:
+        data = json.loads(text)
+        return Checkpoint(
+            site=str(data["site"]),
+            schedule=str(data["schedule"]),
+            run_id=str(data["run_id"]),
+            profile_id=int(data["profile_id"]),
+            started_at=datetime.fromtimestamp(float(data["started_at"]), UTC),
+            backupid=data.get("backupid"),
+            backup_record_id=data.get("backup_record_id"),
+            archive=data.get("archive"),
+            last_step_number=data.get("last_step_number"),
+            domain=str(data.get("domain", "init")),
+            progress_percent=int(data.get("progress_percent", 0)),
+            replies=int(data.get("replies", 0)),
+            left_init=bool(data.get("left_init", False)),
+            warnings=tuple(str(w) for w in data.get("warnings", ())),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"malformed checkpoint: {error}") from None
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Pending:
+    stats: dict[ScheduleKey, tuple[str, float | None]] = field(default_factory=dict)
+    runs: list[FinishedRun] = field(default_factory=list)
+    checkpoints: dict[ScheduleKey, tuple[Checkpoint, float] | None] = field(default_factory=dict)
+    pauses: dict[ScheduleKey, bool] = field(default_factory=dict)
+    forget: set[ScheduleKey] = field(default_factory=set)
+
+    def empty(self) -> bool:
+        return not (self.stats or self.runs or self.checkpoints or self.pauses or self.forget)
+
+
+class StateStore:
+    """The SQLite state file of one daemon."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / STATE_FILE_NAME
+        self.errors_total = 0
+        self.problem: str | None = None
+        """Why the store is not persisting right now (None while it works)."""
+        self._connection: sqlite3.Connection | None = None
+        self._pending = _Pending()
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self._last_open_attempt = 0.0
+        self._commit_in_thread: asyncio.Future[None] | None = None
+
+    # --- opening ----------------------------------------------------------------------------
+
+    def open(self) -> LoadedState:
+        """Open (creating or migrating) the file and return what it holds.
+
+        Never raises: on failure the store runs in memory and :attr:`problem` says why.
+        """
+        try:
+            self._connection = self._connect()
+        except StateError as error:
+            self._fail(str(error))
+            return LoadedState()
+        try:
+            return self._load()
+        except sqlite3.Error as error:
+            self._fail(f"cannot read {self.path}: {error}")
+            return LoadedState()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = self._try_connect()
+        except sqlite3.DatabaseError as error:
+            if isinstance(error, sqlite3.OperationalError):
+                raise StateError(f"cannot open {self.path}: {error}") from None
+            aside = self._move_aside()
+            log.error(
+                "state file %s is corrupt (%s): moved to %s; starting a new one "
+                "(run history and last-success times are lost; in-flight runs cannot resume)",
+                self.path,
+                error,
+                aside,
+            )
+            self.errors_total += 1
+            try:
+                connection = self._try_connect()
+            except sqlite3.Error as again:
+                raise StateError(f"cannot create {self.path}: {again}") from None
+        except OSError as error:
+            raise StateError(f"cannot open {self.path}: {error.strerror or error}") from None
+        return connection
+
+    def _try_connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.path, timeout=5.0, isolation_level=None, check_same_thread=False
+        )
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"{self.path} has schema version {version}, newer than this akeeba-backupd "
+                    f"knows ({SCHEMA_VERSION}): it was written by a newer release; not touching it"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                # One transaction per step (executescript would commit a BEGIN sent apart).
+                connection.executescript(
+                    f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\n"
+                    f"PRAGMA user_version = {number + 1};\nCOMMIT;"
+                )
+            connection.execute("SELECT count(*) FROM schedule_state").fetchone()
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _move_aside(self) -> Path:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(str(self.path) + suffix)
+            if source.exists():
+                source.rename(Path(str(aside) + suffix))
+        return aside
+
+    def _load(self) -> LoadedState:
+        assert self._connection is not None
+        loaded = LoadedState()
+        db = self._connection
+        for site, schedule, data, last_fire_at in db.execute(
+            "SELECT site, schedule, data, last_fire_at FROM schedule_state"
+        ):
+            try:
+                loaded.stats[(site, schedule)] = stats_from_json(site, schedule, data)
+            except (ValueError, TypeError, KeyError) as error:
+                self._count_error(f"unreadable stats of {site}/{schedule}: {error}")
+                continue
+            if last_fire_at is not None:
+                moment = _dt(last_fire_at)
+                assert moment is not None
+                loaded.last_fire_at[(site, schedule)] = moment
+        for row in db.execute(
+            "SELECT site, schedule, run_id, outcome, reason, message, started_at, finished_at,"
+            " duration_seconds, warnings, archive, archive_size_bytes, backup_record_id"
+            " FROM runs ORDER BY id"
+        ):
+            key = (row[0], row[1])
+            stats = loaded.stats.setdefault(key, ScheduleStats(*key))
+            started, finished = _dt(row[6]), _dt(row[7])
+            assert started is not None
+            assert finished is not None
+            stats.history.appendleft(
+                FinishedRun(
+                    site=row[0],
+                    schedule=row[1],
+                    run_id=row[2],
+                    outcome=row[3],
+                    reason=row[4],
+                    message=row[5],
+                    started_at=started,
+                    finished_at=finished,
+                    duration_seconds=row[8],
+                    warnings=tuple(json.loads(row[9])),
+                    archive=row[10],
+                    archive_size_bytes=row[11],
+                    backup_record_id=row[12],
+                )
+            )
+        for site, schedule, checkpoint, saved_at in db.execute(
+            "SELECT site, schedule, checkpoint, saved_at FROM inflight"
+        ):
+            try:
+                saved = _dt(saved_at)
+                assert saved is not None
+                loaded.inflight.append(SavedCheckpoint(checkpoint_from_json(checkpoint), saved))
+            except ValueError as error:
+                self._count_error(f"unreadable in-flight run of {site}/{schedule}: {error}")
+        for site, schedule in db.execute("SELECT site, schedule FROM pauses"):
+            loaded.pauses.add((site, schedule))
+        return loaded
+
+    # --- queueing writes ------------------------------------------------------------------
+
+    def save_stats(self, stats: ScheduleStats, last_fire_at: datetime | None) -> None:
+        """Queue the tallies of one schedule (and the last fire time it took)."""
+        self._pending.stats[(stats.site, stats.schedule)] = (
+            stats_to_json(stats),
+            _ts(last_fire_at),
+        )
+        self._wakeup.set()
+
+    def add_run(self, run: FinishedRun) -> None:
+        """Queue one finished (or skipped) run for the history."""
+        self._pending.runs.append(run)
+        self._wakeup.set()
+
+    def save_checkpoint(self, checkpoint: Checkpoint, saved_at: datetime) -> None:
+        """Queue the latest checkpoint of an in-flight run (replacing any queued before)."""
+        self._pending.checkpoints[(checkpoint.site, checkpoint.schedule)] = (
+            checkpoint,
+            saved_at.timestamp(),
+        )
+        self._wakeup.set()
+
+    def drop_checkpoint(self, site: str, schedule: str) -> None:
+        """Queue the removal of a run's checkpoint (it finished)."""
+        self._pending.checkpoints[(site, schedule)] = None
+        self._wakeup.set()
+
+    def set_paused(self, site: str, schedule: str, paused: bool) -> None:
+        """Queue a pause or resume."""
+        self._pending.pauses[(site, schedule)] = paused
+        self._wakeup.set()
+
+    def forget_schedules(self, keys: Iterable[ScheduleKey]) -> None:
+        """Queue the removal of everything kept about schedules no longer configured."""
+        self._pending.forget.update(keys)
+        self._wakeup.set()
+
+    # --- the writer -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer task."""
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_forever(), name="state writer")
+
+    async def close(self) -> None:
+        """Commit what is queued, stop the writer and close the file."""
+        if self._writer is not None:
+            # Holding the lock, no commit is running in a worker thread: cancelling the writer
+            # then cannot leave a thread using the connection closed below.
+            async with self._write_lock:
+                self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        await self.flush()
+        if self._commit_in_thread is not None and not self._commit_in_thread.done():
+            await asyncio.wait([self._commit_in_thread])
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def flush(self) -> None:
+        """Commit every queued write now."""
+        async with self._write_lock:
+            if self._pending.empty():
+                return
+            if self._connection is None and not self._reopen():
+                self._pending = _Pending()  # in memory only: nothing to keep them for
+                return
+            batch, self._pending = self._pending, _Pending()
+            commit = asyncio.ensure_future(asyncio.to_thread(self._commit, batch))
+            self._commit_in_thread = commit
+            try:
+                # Shielded: a cancelled caller must not leave the thread behind unawaited.
+                await asyncio.shield(commit)
+            except sqlite3.Error as error:
+                self._count_error(f"cannot write {self.path}: {error}")
+                self._merge_back(batch)
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection = None
+                self._fail(f"cannot write {self.path}: {error}")
+            else:
+                if self.problem is not None:
+                    log.warning("state file %s is writable again", self.path)
+                self.problem = None
+
+    async def _write_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            await self.flush()
+            if self.problem is not None:
+                # Back off while the store is broken; writes keep coalescing in memory.
+                await _sleep_real(REOPEN_INTERVAL_SECONDS)
+
+    def _reopen(self) -> bool:
+        loop_time = asyncio.get_running_loop().time()
+        if loop_time - self._last_open_attempt < REOPEN_INTERVAL_SECONDS:
+            return False
+        self._last_open_attempt = loop_time
+        try:
+            self._connection = self._connect()
+        except StateError as error:
+            self._fail(str(error))
+            return False
+        return True
+
+    def _merge_back(self, batch: _Pending) -> None:
+        """Put a failed batch back under writes queued since, newest winning."""
+        pending = self._pending
+        pending.stats = {**batch.stats, **pending.stats}
+        pending.runs = [*batch.runs, *pending.runs]
+        pending.checkpoints = {**batch.checkpoints, **pending.checkpoints}
+        pending.pauses = {**batch.pauses, **pending.pauses}
+        pending.forget = batch.forget | pending.forget
+
+    def _commit(self, batch: _Pending) -> None:
+        db = self._connection
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for (site, schedule), (data, last_fire_at) in batch.stats.items():
+                db.execute(
+                    "INSERT INTO schedule_state (site, schedule, data, last_fire_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (site, schedule) DO UPDATE SET"
+                    " data = excluded.data,"
+                    " last_fire_at = coalesce(excluded.last_fire_at, last_fire_at)",
+                    (site, schedule, data, last_fire_at),
+                )
+            touched: set[ScheduleKey] = set()
+            for run in batch.runs:
+                db.execute(
+                    "INSERT INTO runs (site, schedule, run_id, outcome, reason, message,"
+                    " started_at, finished_at, duration_seconds, warnings, archive,"
+                    " archive_size_bytes, backup_record_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run.site,
+                        run.schedule,
+                        run.run_id,
+                        run.outcome,
+                        run.reason,
+                        run.message,
+                        run.started_at.timestamp(),
+                        run.finished_at.timestamp(),
+                        run.duration_seconds,
+                        json.dumps(list(run.warnings)),
+                        run.archive,
+                        run.archive_size_bytes,
+                        run.backup_record_id,
+                    ),
+                )
+                touched.add((run.site, run.schedule))
+            for site, schedule in touched:
+                db.execute(
+                    "DELETE FROM runs WHERE site = ? AND schedule = ? AND id NOT IN"
+                    " (SELECT id FROM runs WHERE site = ? AND schedule = ?"
+                    " ORDER BY id DESC LIMIT ?)",
+                    (site, schedule, site, schedule, HISTORY_PER_SCHEDULE),
+                )
+            for (site, schedule), saved in batch.checkpoints.items():
+                if saved is None:
+                    db.execute(
+                        "DELETE FROM inflight WHERE site = ? AND schedule = ?", (site, schedule)
+                    )
+                else:
+                    checkpoint, saved_at = saved
+                    db.execute(
+                        "INSERT OR REPLACE INTO inflight"
+                        " (site, schedule, run_id, checkpoint, saved_at) VALUES (?, ?, ?, ?, ?)",
+                        (
+                            site,
+                            schedule,
+                            checkpoint.run_id,
+                            checkpoint_to_json(checkpoint),
+                            saved_at,
+                        ),
+                    )
+            for (site, schedule), paused in batch.pauses.items():
+                if paused:
+                    db.execute(
+                        "INSERT OR IGNORE INTO pauses (site, schedule) VALUES (?, ?)",
+                        (site, schedule),
+                    )
+                else:
+                    db.execute(
+                        "DELETE FROM pauses WHERE site = ? AND schedule = ?", (site, schedule)
+                    )
+            for site, schedule in batch.forget:
+                for table in ("schedule_state", "runs", "inflight", "pauses"):
+                    db.execute(
+                        f"DELETE FROM {table} WHERE site = ? AND schedule = ?",  # noqa: S608 - fixed names
+                        (site, schedule),
+                    )
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+
+    # --- trouble --------------------------------------------------------------------------
+
+    def _fail(self, problem: str) -> None:
+        if self.problem != problem:
+            log.error(
+                "STATE STORE UNAVAILABLE: %s; backups go on, but history, last-success times "
+                "and in-flight runs are kept in memory only until it works again",
+                problem,
+            )
+        self.problem = problem
+        self.errors_total += 1
+
+    def _count_error(self, message: str) -> None:
+        log.error("state store: %s", message)
+        self.errors_total += 1
+
+
+async def _sleep_real(seconds: float) -> None:
+    """Sleep in real time: the retry interval of a broken disk is not the scheduler's time."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    handle = loop.call_later(seconds, future.set_result, None)
+    try:
+        await future
+    finally:
+        handle.cancel()
