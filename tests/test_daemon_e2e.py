@@ -152,11 +152,6 @@ def test_full_backup_metrics(finished: FinishedRuns) -> None:
     assert site["completed_backups"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metrics.py exports failures_total/skipped_total only for reasons that happened, "
-    "though DESIGN.md §6 says counters exist from the start at 0",
-)
 def test_reason_counters_exist_at_zero(finished: FinishedRuns) -> None:
     """Every failure and skip reason has its counter at 0 before it first happens, so that
     increase() and rate() see the first failure (a series born at 1 reads as no increase)."""

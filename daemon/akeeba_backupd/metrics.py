@@ -22,8 +22,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from akeeba_backupd import __version__
+from akeeba_backupd.akeeba import FailureReason
 from akeeba_backupd.scheduler import ScheduleEntry, ScheduleState
-from akeeba_backupd.status import Domain, Histogram, SiteStatus, normalise_domain
+from akeeba_backupd.status import Domain, Histogram, SiteStatus, SkipReason, normalise_domain
 
 SCHEDULE_LABELS = ["site", "schedule"]
 
@@ -175,9 +176,12 @@ class FleetCollector(Collector):
             if stats.last_failure_reason is not None:
                 failure_reason.add_metric([*labels, stats.last_failure_reason.value], 1.0)
             runs_total.add_metric(labels, float(stats.runs_total))
-            for reason, count in sorted(stats.failures_total.items()):
+            # Every reason from 0, so that increase() sees a schedule's first failure.
+            for reason in FailureReason:
+                count = stats.failures_total.get(reason, 0)
                 failures_total.add_metric([*labels, reason.value], float(count))
-            for skip, count in sorted(stats.skipped_total.items()):
+            for skip in SkipReason:
+                count = stats.skipped_total.get(skip, 0)
                 skipped_total.add_metric([*labels, skip.value], float(count))
             retries_total.add_metric(labels, float(stats.step_retries_total))
             if stats.archive_size_bytes is not None:
