@@ -691,6 +691,13 @@ async def test_a_clean_site_backs_up(api: str) -> None:
     _assert_succeeded(ran)
     assert ran.summary["step_count"] == 6
     assert ran.result.archive_size_bytes == 42_617_630
+    numbers = [event.step_number for event in ran.observer.of_type(StepDone)]
+    if api == "v2":
+        # The server's own stepNumber: from 2, the final reply repeating the last one.
+        assert numbers == [*range(2, 8), 7]
+    else:
+        # API 330 numbers only its start reply: the count of replies stands in.
+        assert numbers == list(range(1, 8))
 
 
 @BOTH

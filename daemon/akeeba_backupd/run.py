@@ -652,8 +652,10 @@ class BackupRun:
             StepDone(
                 site=spec.site,
                 schedule=spec.schedule,
-                step_number=state.last_step_number
-                if state.last_step_number is not None
+                # Servers below API 340 number no step (v1 numbers only its start reply):
+                # then the count of replies stands in, as DESIGN §6 says.
+                step_number=status.step_number
+                if status.step_number is not None
                 else state.replies,
                 progress_percent=state.progress_percent,
                 domain=state.domain,

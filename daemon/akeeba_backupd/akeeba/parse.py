@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .errors import BadResponseError
@@ -16,6 +17,7 @@ from .errors import BadResponseError
 MAX_BRACE_TRIES = 20
 """How many ``{`` positions to try when junk surrounds the JSON (bounded: bodies can be huge)."""
 
+_DECODER = json.JSONDecoder()
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _SPACES = re.compile(r"\s+")
 
@@ -33,6 +35,9 @@ def extract_payload(text: str) -> object | None:
 
     Order (PROTOCOL.md §3): what lies between the first and last ``###``; else the whole text;
     else from the first ``{`` to the last ``}``, moving the start to the next ``{`` on failure.
+    Past the spec's steps, a ``}`` in the junk after the JSON (inline CSS or script) would hide
+    the envelope from that scan, so one value is then decoded from each ``{`` with whatever
+    follows it ignored. In both scans an object holding an envelope wins over a stray ``{}``.
     """
     text = text.lstrip("\ufeff")
     first = text.find("###")
@@ -45,16 +50,37 @@ def extract_payload(text: str) -> object | None:
     value = _loads_or_none(text)
     if value is not None:
         return value
+    fallback: object | None = None
     end = text.rfind("}")
-    start = text.find("{")
-    tries = 0
-    while start != -1 and start < end and tries < MAX_BRACE_TRIES:
+    for start in _brace_positions(text, end):
         value = _loads_or_none(text[start : end + 1])
-        if value is not None:
+        if _is_envelope(value):
             return value
+        if fallback is None:
+            fallback = value
+    for start in _brace_positions(text, len(text)):
+        value = _raw_decode_or_none(text, start)
+        if _is_envelope(value):
+            return value
+        if fallback is None:
+            fallback = value
+    return fallback
+
+
+def _brace_positions(text: str, end: int) -> Iterator[int]:
+    """Yield the first MAX_BRACE_TRIES positions of ``{`` before ``end``."""
+    start = text.find("{")
+    for _ in range(MAX_BRACE_TRIES):
+        if start == -1 or start >= end:
+            return
+        yield start
         start = text.find("{", start + 1)
-        tries += 1
-    return None
+
+
+def _is_envelope(value: object) -> bool:
+    return isinstance(value, dict) and (
+        ("status" in value and "data" in value) or ("encapsulation" in value and "body" in value)
+    )
 
 
 def decode_envelope(text: str, *, data_is_encoded: bool) -> Envelope:
@@ -103,6 +129,14 @@ def _clip(text: str, limit: int = 80) -> str:
     flat = _SPACES.sub(" ", text).strip()
     flat = "".join(ch if ch.isprintable() else "?" for ch in flat)
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _raw_decode_or_none(text: str, start: int) -> object | None:
+    try:
+        value, _ = _DECODER.raw_decode(text, start)
+    except (ValueError, RecursionError):
+        return None
+    return value  # type: ignore[no-any-return]
 
 
 def _loads_or_none(text: str) -> object | None:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import html
+import re
 from urllib.parse import quote, quote_plus
+
+import yarl
+
+_AUTH_PARAMETER = re.compile(r"(_akeebaAuth=)[^&\s\"'<>]*", re.IGNORECASE)
+"""An ``_akeebaAuth`` query value, however the secret was encoded in it."""
+
+_QUERY_SAFE = "/?:@!$'()*,;~"
+"""Characters that URL builders (yarl among them) may leave unencoded in a query value."""
 
 
 class Secret:
@@ -18,11 +28,25 @@ class Secret:
         return self._value
 
     def scrub(self, text: str) -> str:
-        """Return ``text`` with every spelling of the secret (plain, URL-encoded) masked."""
+        """Return ``text`` with the secret masked in every spelling a server may echo.
+
+        Masks the plain value, its URL encodings (strict, ``+`` for spaces, and the lenient
+        one HTTP clients send), its HTML-escaped form, and any ``_akeebaAuth=`` query value.
+        """
+        text = _AUTH_PARAMETER.sub(r"\1***", text)
         if not self._value:
             return text
-        for form in {self._value, quote(self._value, safe=""), quote_plus(self._value)}:
-            text = text.replace(form, "***")
+        forms = {
+            self._value,
+            html.escape(self._value),
+            quote(self._value, safe=""),
+            quote_plus(self._value),
+            quote(self._value, safe=_QUERY_SAFE),
+            yarl.URL.build(path="/", query={"x": self._value}).raw_query_string[2:],
+        }
+        for form in sorted(forms, key=len, reverse=True):
+            if form:
+                text = text.replace(form, "***")
         return text
 
     def __repr__(self) -> str:
