@@ -625,7 +625,9 @@ class Ran:
 
 def _site(api: str, **changes: Any) -> SiteSpec:
     platform = "joomla" if api == "v2" else "wordpress"
-    return SiteSpec(name="site", api=api, platform=platform, secret=SECRET, steps=6, **changes)
+    return SiteSpec(
+        name="site", api=api, platform=platform, secret=SECRET, **{"steps": 6, **changes}
+    )
 
 
 async def _run(
@@ -636,6 +638,8 @@ async def _run(
     request_timeout: float = 5.0,
     stall: float = 600.0,
     retries: int = 3,
+    profile_id: int = 1,
+    run_timeout: float = 3600.0,
 ) -> Ran:
     clock = clock or QuickClock()
     observer = HookObserver(None if hook is None else (lambda event: hook(simulator, event)))
@@ -644,10 +648,10 @@ async def _run(
         site="site",
         schedule="nightly",
         run_id="run-1",
-        profile_id=1,
+        profile_id=profile_id,
         description="test backup",
         stall_timeout_seconds=stall,
-        run_timeout_seconds=3600.0,
+        run_timeout_seconds=run_timeout,
         step_retries=retries,
         retry_backoff_seconds=0.01,
         request_timeout_seconds=request_timeout,
@@ -825,6 +829,42 @@ async def test_falling_stepnumber_fails_as_misbehaving_server() -> None:
     _assert_failed(ran, FailureReason.MISBEHAVING_SERVER)
     assert ran.summary["start_count"] == 1
     assert ran.summary["step_count"] == 3
+
+
+async def test_repeated_stepnumber_mid_run_is_misbehaving() -> None:
+    """A stepNumber repeated while HasRun is true breaks the protocol (only the final reply may
+    repeat it, as Akeeba Backup 9 does and every clean v2 run here shows)."""
+    async with serving(_site("v2", faults=Faults(stepnumber_repeat_at_step=3))) as simulator:
+        ran = await _run(simulator, clock=FakeClock())
+    _assert_failed(ran, FailureReason.MISBEHAVING_SERVER)
+    assert "mid-run" in ran.result.message
+    assert ran.summary["step_count"] == 3
+
+
+async def test_sleep_time_is_waited_between_steps() -> None:
+    """The server's sleepTime (ms) is slept before every next step, and only then."""
+    async with serving(_site("v2", sleep_time_ms=1500)) as simulator:
+        clock = FakeClock()
+        ran = await _run(simulator, clock=clock)
+    _assert_succeeded(ran)
+    assert clock.sleeps.count(1.5) == ran.summary["step_count"]
+
+
+async def test_unknown_profile_fails_before_any_start() -> None:
+    """A profile the site does not list fails as unknown_profile; nothing is started."""
+    async with serving(_site("v2", profiles=(1, 2))) as simulator:
+        ran = await _run(simulator, clock=FakeClock(), profile_id=7)
+    _assert_failed(ran, FailureReason.UNKNOWN_PROFILE)
+    assert "profiles: 1, 2" in ran.result.message
+    assert ran.summary["start_count"] == 0
+
+
+async def test_run_past_its_deadline_fails_as_deadline() -> None:
+    """Steps that keep coming but never end the backup hit run_timeout: deadline."""
+    async with serving(_site("v2", steps=50, step_seconds=0.05)) as simulator:
+        ran = await _run(simulator, clock=QuickClock(scale=1.0), run_timeout=0.3)
+    _assert_failed(ran, FailureReason.DEADLINE)
+    assert ran.summary["completed_backups"] == 0
 
 
 @pytest.mark.parametrize(

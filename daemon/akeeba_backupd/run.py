@@ -654,9 +654,7 @@ class BackupRun:
                 schedule=spec.schedule,
                 # Servers below API 340 number no step (v1 numbers only its start reply):
                 # then the count of replies stands in, as DESIGN §6 says.
-                step_number=status.step_number
-                if status.step_number is not None
-                else state.replies,
+                step_number=status.step_number if status.step_number is not None else state.replies,
                 progress_percent=state.progress_percent,
                 domain=state.domain,
                 step=state.step,

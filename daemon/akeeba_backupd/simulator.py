@@ -70,6 +70,8 @@ class Faults:
     """(v2) step k's reply carries a different ``backupid`` (the run itself goes on unchanged)."""
     stepnumber_back_at_step: int | None = None
     """(v2) step k's reply carries a ``stepNumber`` lower than the previous reply's."""
+    stepnumber_repeat_at_step: int | None = None
+    """(v2) step k's reply repeats the previous reply's ``stepNumber`` while ``HasRun`` is true."""
     lose_state_at_step: int | None = None
     """The server forgets the run just before step k: v2 answers status 500 "...problem while
     saving temporary data..." and fails the record; v1 silently starts a new backup (profile 1,
@@ -462,6 +464,7 @@ _FAULT_KINDS: Final = {
     "error_with_hasrun_at_step": "step",
     "backupid_change_at_step": "step",
     "stepnumber_back_at_step": "step",
+    "stepnumber_repeat_at_step": "step",
     "lose_state_at_step": "step",
     "foreign_start_at_step": "step",
     "start_silently_fails": "bool",
@@ -1019,6 +1022,8 @@ class SimulatedSite:
         run.last_step_number = step_number
         if faults.stepnumber_back_at_step == step:
             step_number -= 2
+        elif faults.stepnumber_repeat_at_step == step and not final:
+            step_number -= 1
         backupid = run.key
         if faults.backupid_change_at_step == step:
             backupid = self._new_backupid(self._simulator.now())
