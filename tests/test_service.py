@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -295,3 +296,34 @@ async def test_stop_during_a_run_suspends_it(tmp_path: Path) -> None:
     assert site.start_count == 1
     assert site.running  # suspended, not abandoned: the server still holds the run's state
     await simulator.stop()
+
+
+@pytest.mark.parametrize(
+    ("accept", "content_type"),
+    [
+        ("text/plain", "text/plain; version=0.0.4; charset=utf-8"),
+        (
+            "application/openmetrics-text; version=1.0.0",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    ],
+)
+async def test_metrics_formats_gzip_and_no_created(
+    harness: Harness, accept: str, content_type: str
+) -> None:
+    """/metrics speaks the classic text and OpenMetrics formats, gzips on request, and exports
+    no ``_created`` series (they would double the series count for nothing)."""
+    headers = {"Accept": accept, "Accept-Encoding": "gzip"}
+    async with harness.session.get(
+        harness.base + "/metrics", headers=headers, auto_decompress=False
+    ) as response:
+        assert response.status == 200
+        # Newer prometheus-client versions append parameters (escaping=...).
+        assert response.headers["Content-Type"].startswith(content_type)
+        assert response.headers.get("Content-Encoding") == "gzip"
+        raw = await response.read()
+    text = gzip.decompress(raw).decode()
+    assert "akeeba_backup_runs_total{" in text
+    assert "_created" not in text
+    if "openmetrics" in accept:
+        assert text.rstrip().endswith("# EOF")
