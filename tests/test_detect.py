@@ -32,7 +32,15 @@ SETTINGS = ClientSettings(request_timeout_seconds=5.0, connect_timeout_seconds=2
 SERVED = [
     ("v2", "joomla", "index.php?option=com_akeebabackup&view=Api&format=raw", None),
     ("v2", "joomla-api", "api/index.php/v2/akeebabackup", None),
+    ("v2", "joomla3", "index.php?option=com_akeeba&view=Api&format=raw", None),
     ("v2", "wordpress", "wp-admin/admin-ajax.php?action=akeebabackup_api", None),
+    (
+        "v2",
+        "wordpress-legacy",
+        "wp-content/plugins/akeebabackupwp/app/index.php?option=com_akeeba&view=Api&format=raw",
+        None,
+    ),
+    ("v2", "solo-remote", "remote.php?view=Api", None),
     # Joomla 3's com_akeeba path is tried before Solo's identical one
     ("v2", "solo", "index.php?option=com_akeeba&view=Api&format=raw", None),
     ("v1", "wordpress", "wp-content/plugins/akeebabackupwp/app/index.php?view=json", None),
@@ -41,6 +49,13 @@ SERVED = [
     ("v1", "solo", "index.php?option=com_akeeba&view=json&format=raw", "index.php?view=json"),
 ]
 IDS = [f"{api}-{platform}" for api, platform, _, _ in SERVED]
+# The simulator's older installs, as an operator names their platform in the config.
+CONFIG_PLATFORM = {"joomla3": "joomla", "wordpress-legacy": "wordpress", "solo-remote": "solo"}
+
+
+def config_platform(simulated: str) -> Platform:
+    """Return the config's platform for one of the simulator's platforms."""
+    return Platform(CONFIG_PLATFORM.get(simulated, simulated))
 
 
 @contextlib.asynccontextmanager
@@ -120,8 +135,8 @@ async def test_the_explicit_platform_finds_the_endpoint(
     """Naming the platform (generation auto, or named too) finds the same API."""
     spec = SiteSpec(name="site", api=api, platform=platform, secret=SECRET)
     async with fleet(spec) as (simulator, session, _):
-        by_platform = await _detect(simulator, session, Platform(platform))
-        both = await _detect(simulator, session, Platform(platform), api=ApiGeneration(api))
+        by_platform = await _detect(simulator, session, config_platform(platform))
+        both = await _detect(simulator, session, config_platform(platform), api=ApiGeneration(api))
         expected_url = simulator.base_url("site") + (own_path or auto_path)
     assert by_platform.endpoint.url == both.endpoint.url == expected_url
     assert by_platform.endpoint.generation is both.endpoint.generation is ApiGeneration(api)

@@ -263,13 +263,18 @@ _V2_RECORD_KEYS: Final = (
 _V1_RECORD_KEYS: Final = _V2_RECORD_KEYS[:-2]  # the 330 engine's table has no frozen/instep
 _META: Final = {"run": "pending", "fail": "fail", "complete": "ok"}
 
-_V2_PLATFORMS: Final = frozenset({"joomla", "joomla-api", "wordpress", "solo"})
+_V2_PLATFORMS: Final = frozenset(
+    {"joomla", "joomla3", "joomla-api", "wordpress", "wordpress-legacy", "solo", "solo-remote"}
+)
 _V1_PLATFORMS: Final = frozenset({"wordpress", "joomla", "solo"})
 _OUTPUT_DIRS: Final = {
     ("v2", "joomla"): "/var/www/example/administrator/components/com_akeebabackup/backup/",
+    ("v2", "joomla3"): "/var/www/example/administrator/components/com_akeeba/backup/",
     ("v2", "joomla-api"): "/var/www/example/administrator/components/com_akeebabackup/backup/",
     ("v2", "wordpress"): "/var/www/example/wp-content/plugins/akeebabackupwp/app/backups/",
+    ("v2", "wordpress-legacy"): "/var/www/example/wp-content/plugins/akeebabackupwp/app/backups/",
     ("v2", "solo"): "/var/www/example/backups/",
+    ("v2", "solo-remote"): "/var/www/example/backups/",
     ("v1", "wordpress"): "/var/www/example/wp-content/plugins/akeebabackupwp/app/backups/",
     ("v1", "joomla"): "/var/www/example/administrator/components/com_akeeba/backup/",
     ("v1", "solo"): "/var/www/example/backups/",
@@ -432,9 +437,14 @@ def _endpoint_matches(api: str, platform: str, tail: str, query: Mapping[str, st
             return tail == "api/index.php/v2/akeebabackup"
         if platform == "wordpress":
             return tail == "wp-admin/admin-ajax.php" and query.get("action") == "akeebabackup_api"
-        return (index and query.get("option") == "com_akeeba" and api_view) or (
-            tail == "remote.php" and view == "api"
-        )
+        com_akeeba = query.get("option") == "com_akeeba" and api_view
+        if platform == "wordpress-legacy":  # Akeeba Backup for WordPress 7.4-7.7
+            return tail == "wp-content/plugins/akeebabackupwp/app/index.php" and com_akeeba
+        if platform == "joomla3":  # Akeeba Backup 7.4-8 on Joomla 3
+            return index and com_akeeba
+        if platform == "solo-remote":  # a Solo whose index.php is not reachable
+            return tail == "remote.php" and view == "api"
+        return (index and com_akeeba) or (tail == "remote.php" and view == "api")
     if view != "json":
         return False
     if platform == "wordpress":
