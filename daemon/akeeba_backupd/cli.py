@@ -50,7 +50,7 @@ from akeeba_backupd.service import (
     EXIT_FAILURE,
     EXIT_OK,
     Service,
-    _client_settings,
+    client_settings,
     render_description,
 )
 from akeeba_backupd.simulator import Faults, Simulator, SiteSpec
@@ -235,7 +235,7 @@ async def _probe_site(site: Any) -> int:
             SiteAddress(site.url, site.platform, site.api, site.endpoint),
             site.secret,
             clock,
-            _client_settings(site),
+            client_settings(site),
         )
         try:
             detection = await remote.connect()
@@ -304,7 +304,7 @@ async def _backup_once(site: Any, schedule: Any) -> int:
             SiteAddress(site.url, site.platform, site.api, site.endpoint),
             site.secret,
             clock,
-            _client_settings(site),
+            client_settings(site),
         )
         spec = RunSpec(
             site=site.name,
@@ -413,36 +413,46 @@ async def _run_demo(port: int, simulator_port: int) -> int:
             f"cannot start the simulated fleet on 127.0.0.1:{simulator_port}: "
             f"{error.strerror or error} (choose another with --simulator-port)"
         ) from None
-    with tempfile.TemporaryDirectory(prefix="akeeba-backupd-demo-") as workdir:
-        text = demo_config_text()
-        text = text.replace("127.0.0.1:8730", f"127.0.0.1:{simulator_port}")
-        text = text.replace('listen: "127.0.0.1:9489"', f'listen: "127.0.0.1:{port}"')
-        path = Path(workdir) / "demo.yaml"
-        path.write_text(text, encoding="utf-8")
-        environ = {**os.environ, DEMO_SECRET_VARIABLE: DEMO_SECRET, "STATE_DIRECTORY": workdir}
-        environ.pop("NOTIFY_SOCKET", None)
-        config = _load(path, environ)
-        service = Service(config, environ=environ, shutdown_grace_seconds=5.0)
-        task = asyncio.create_task(service.serve())
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(service.ready.wait(), timeout=10)
-        if service.ready.is_set():
-            base = f"http://127.0.0.1:{service.bound_port}"
-            print(
-                "\nakeeba-backupd demo: a simulated fleet of "
-                f"{len(DEMO_SITES)} sites on http://127.0.0.1:{simulator.port}/, "
-                "backed up every minute.\n"
-                f"  status page   {base}/\n"
-                f"  metrics       {base}/metrics\n"
-                f"  schedules     {base}/api/v1/schedules\n"
-                f"  run history   {base}/api/v1/runs\n"
-                "The first backups start within a minute; demo-broken fails with reason "
-                "remote_error.\nCtrl-C stops.\n",
-                flush=True,
-            )
-        code = await task
+    try:
+        with tempfile.TemporaryDirectory(prefix="akeeba-backupd-demo-") as workdir:
+            return await _serve_demo(port, simulator, Path(workdir))
+    finally:
         await simulator.stop()
-    return code
+
+
+async def _serve_demo(port: int, simulator: Simulator, workdir: Path) -> int:
+    """Run the daemon on the demo configuration against ``simulator`` until it stops."""
+    text = demo_config_text()
+    text = text.replace("127.0.0.1:8730", f"127.0.0.1:{simulator.port}")
+    text = text.replace('listen: "127.0.0.1:9489"', f'listen: "127.0.0.1:{port}"')
+    path = workdir / "demo.yaml"
+    path.write_text(text, encoding="utf-8")
+    environ = {
+        **os.environ,
+        DEMO_SECRET_VARIABLE: DEMO_SECRET,
+        "STATE_DIRECTORY": str(workdir),
+    }
+    environ.pop("NOTIFY_SOCKET", None)
+    config = _load(path, environ)
+    service = Service(config, environ=environ, shutdown_grace_seconds=5.0)
+    task = asyncio.create_task(service.serve())
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(service.ready.wait(), timeout=10)
+    if service.ready.is_set():
+        base = f"http://127.0.0.1:{service.bound_port}"
+        print(
+            "\nakeeba-backupd demo: a simulated fleet of "
+            f"{len(DEMO_SITES)} sites on http://127.0.0.1:{simulator.port}/, "
+            "backed up every minute.\n"
+            f"  status page   {base}/\n"
+            f"  metrics       {base}/metrics\n"
+            f"  schedules     {base}/api/v1/schedules\n"
+            f"  run history   {base}/api/v1/runs\n"
+            "The first backups start within a minute; demo-broken fails with reason "
+            "remote_error.\nCtrl-C stops.\n",
+            flush=True,
+        )
+    return await task
 
 
 # --- talking to a running daemon -------------------------------------------------------------

@@ -74,7 +74,8 @@ def render_description(template: str, site: str, schedule: str, run_id: str, now
     )
 
 
-def _client_settings(site: SiteConfig) -> ClientSettings:
+def client_settings(site: SiteConfig) -> ClientSettings:
+    """Return the HTTP client settings of ``site`` (verb, auth placement, timeouts, TLS)."""
     return ClientSettings(
         verb=site.http_verb,
         auth=site.auth,
@@ -92,7 +93,7 @@ def _same_connection(old: SiteConfig, new: SiteConfig) -> bool:
         and old.endpoint == new.endpoint
         and old.api == new.api
         and old.secret == new.secret
-        and _client_settings(old) == _client_settings(new)
+        and client_settings(old) == client_settings(new)
     )
 
 
@@ -317,7 +318,7 @@ class Service:
                 SiteAddress(site.url, site.platform, site.api, site.endpoint),
                 site.secret,
                 self._clock,
-                _client_settings(site),
+                client_settings(site),
                 status.api,
             )
             sites[site.name] = _Site(site, remote, status)
