@@ -571,3 +571,78 @@ def test_watchdog_meant_for_another_pid_stays_silent(
     assert daemon.wait() == 0
     assert not any("WATCHDOG=1" in text for text in notify.messages), notify.messages
     assert any("STOPPING=1" in text for text in notify.messages)
+
+
+# --- restart -----------------------------------------------------------------------------------
+
+
+def test_restart_keeps_pauses_and_the_last_success(
+    simulator: SimulatorProcess, tmp_path: Path, launch: Launch
+) -> None:
+    """A pause and the last outcome survive a stop and start on the same state directory."""
+    url = simulator.site_url(simulator.take())
+    port = free_port()
+    path = write_config(
+        tmp_path / "config.yaml",
+        config_document(
+            port, [SiteEntry("shop", url, [("nightly", "0 3 * * *"), ("weekly", "0 4 * * 0")])]
+        ),
+    )
+    first = launch(path, port)
+    first.trigger("shop", "nightly")
+    first.wait_for_sample("akeeba_backup_runs_total", 1, site="shop", schedule="nightly")
+    success = first.sample(
+        "akeeba_backup_last_success_timestamp_seconds", site="shop", schedule="nightly"
+    )
+    assert success is not None
+    assert first.post("/api/v1/schedules/shop/weekly/pause").status == 200
+    first.send_signal(signal.SIGTERM)
+    assert first.wait() == 0
+
+    second = launch(path, port)
+    labels = {"site": "shop", "schedule": "nightly"}
+    assert second.sample("akeeba_backup_paused", site="shop", schedule="weekly") == 1
+    assert second.sample("akeeba_backup_paused", **labels) == 0
+    assert second.sample("akeeba_backup_last_success_timestamp_seconds", **labels) == success
+    assert second.sample("akeeba_backup_last_status", **labels) == 1
+    schedules = {item["schedule"]: item for item in second.get_json("/api/v1/schedules")}
+    assert schedules["weekly"]["paused"] is True
+    assert schedules["nightly"]["last"]["outcome"] == "succeeded"
+    runs = second.get_json("/api/v1/runs?site=shop&schedule=nightly")
+    assert [run["outcome"] for run in runs] == ["succeeded"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_run_stopped_mid_way_resumes_after_restart(
+    simulator: SimulatorProcess, tmp_path: Path, launch: Launch, signum: signal.Signals
+) -> None:
+    """A backup suspended by SIGTERM, or cut by SIGKILL (its step maybe still executing on the
+    server), is continued by the next process with the same backupid: one startBackup on the
+    server, one completed backup, one succeeded run, never two steps at once."""
+    name = simulator.take()
+    simulator.set_settings(name, steps=12, step_seconds=0.2)
+    port = free_port()
+    path = write_config(
+        tmp_path / "config.yaml",
+        config_document(port, [SiteEntry("slow", simulator.site_url(name))]),
+    )
+    first = launch(path, port)
+    first.trigger("slow", "nightly")
+    wait_until(
+        lambda: (
+            (first.sample("akeeba_backup_step_number", site="slow", schedule="nightly") or 0) >= 3
+        ),
+        "the run to be a few steps in",
+        context=first.logs,
+    )
+    first.send_signal(signum)
+    assert first.wait() == (0 if signum == signal.SIGTERM else -signal.SIGKILL)
+    assert simulator.summary(name)["completed_backups"] == 0
+
+    second = launch(path, port)
+    second.wait_for_sample("akeeba_backup_runs_total", 1, site="slow", schedule="nightly")
+    assert second.sample("akeeba_backup_last_status", site="slow", schedule="nightly") == 1
+    site = simulator.summary(name)
+    assert site["start_count"] == 1
+    assert site["completed_backups"] == 1
+    assert site["concurrent_step_violations"] == 0
