@@ -99,3 +99,30 @@ def test_scrub_masks_every_spelling() -> None:
     assert secret.scrub("nothing to hide here") == "nothing to hide here"
     assert str(secret) == "***"
     assert SECRET not in repr(secret)
+
+
+async def test_engine_texts_echoing_the_secret_are_masked() -> None:
+    """An engine Error or warning that quotes the secret (a debug message, a URL in a log line)
+    reaches the run, the API and the logs masked."""
+
+    async def handle(request: web.Request) -> web.Response:
+        data = {
+            "HasRun": 1,
+            "Domain": "init",
+            "Error": f"cannot fetch http://x/?_akeebaAuth={SECRET}",
+            "Warnings": [f"secret word {SECRET} is weak", "an ordinary warning"],
+            "Progress": 0,
+        }
+        return web.json_response({"status": 200, "data": data})
+
+    app = web.Application()
+    app.router.add_route("*", "/index.php", handle)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        endpoint = Endpoint(
+            str(server.make_url("/index.php?option=com_akeebabackup&view=Api&format=raw")),
+            ApiGeneration.V2,
+        )
+        client = AkeebaClient(session, endpoint, Secret(SECRET), FakeClock(), ClientSettings())
+        status = await client.step_backup("id-1")
+    assert status.error == "cannot fetch http://x/?_akeebaAuth=***"
+    assert status.warnings == ("secret word *** is weak", "an ordinary warning")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
 import aiohttp
@@ -114,12 +114,12 @@ class AkeebaClient:
         }
         if backupid and self.endpoint.generation is ApiGeneration.V1:
             params["backupid"] = backupid
-        return await self._call("startBackup", params, _status_parser("startBackup"))
+        return await self._call("startBackup", params, _status_parser("startBackup", self._secret))
 
     async def step_backup(self, backupid: str | None) -> BackupStatus:
         """Run one more step of the backup ``backupid`` (None on API 330 servers that gave none)."""
         params: dict[str, ParamValue] = {"backupid": backupid} if backupid else {}
-        return await self._call("stepBackup", params, _status_parser("stepBackup"))
+        return await self._call("stepBackup", params, _status_parser("stepBackup", self._secret))
 
     async def get_backup_info(self, record_id: int) -> BackupRecord:
         """Return the backup record ``record_id``; raise RecordNotFoundError when unknown."""
@@ -199,9 +199,17 @@ class AkeebaClient:
             ) from None
 
 
-def _status_parser(method: str) -> Callable[[object], BackupStatus]:
+def _status_parser(method: str, secret: Secret) -> Callable[[object], BackupStatus]:
     def parse(data: object) -> BackupStatus:
-        return parse_status(data, method)
+        status = parse_status(data, method)
+        if not (status.error or status.warnings):
+            return status
+        # The engine's own texts reach logs, the API and error messages: mask an echoed secret.
+        return replace(
+            status,
+            error=secret.scrub(status.error),
+            warnings=tuple(secret.scrub(warning) for warning in status.warnings),
+        )
 
     return parse
 

@@ -18,10 +18,11 @@ _QUERY_SAFE = "/?:@!$'()*,;~"
 class Secret:
     """Hold a secret string; only :meth:`reveal` returns it."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_forms", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
+        self._forms: tuple[str, ...] = _spellings(value) if value else ()
 
     def reveal(self) -> str:
         """Return the secret itself, for the one place that must send it."""
@@ -33,21 +34,10 @@ class Secret:
         Masks the plain value, its URL encodings (strict, ``+`` for spaces, and the lenient
         one HTTP clients send), its HTML-escaped form, and any ``_akeebaAuth=`` query value.
         """
-        text = _AUTH_PARAMETER.sub(r"\1***", text)
-        if not self._value:
-            return text
-        forms = {
-            self._value,
-            html.escape(self._value),
-            quote(self._value, safe=""),
-            quote_plus(self._value),
-            quote(self._value, safe=_QUERY_SAFE),
-            yarl.URL.build(path="/", query={"x": self._value}).raw_query_string[2:],
-        }
-        for form in sorted(forms, key=len, reverse=True):
-            if form:
-                text = text.replace(form, "***")
-        return text
+        for form in self._forms:
+            text = text.replace(form, "***")
+        # Last, so that a raw secret holding '&' is masked whole before the value is cut at it.
+        return _AUTH_PARAMETER.sub(r"\1***", text)
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -60,3 +50,16 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(("Secret", self._value))
+
+
+def _spellings(value: str) -> tuple[str, ...]:
+    """Return the distinct spellings of ``value`` a server may echo, longest first."""
+    forms = {
+        value,
+        html.escape(value),
+        quote(value, safe=""),
+        quote_plus(value),
+        quote(value, safe=_QUERY_SAFE),
+        yarl.URL.build(path="/", query={"x": value}).raw_query_string[2:],
+    }
+    return tuple(sorted((form for form in forms if form), key=len, reverse=True))
