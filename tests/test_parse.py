@@ -50,7 +50,21 @@ def test_no_envelope_is_bad_response(text: str) -> None:
         decode_envelope(text, data_is_encoded=False)
 
 
-def test_many_braces_stay_bounded() -> None:
-    """A huge body full of braces is given up on after a bounded number of tries."""
-    text = "{" * 200_000
-    assert extract_payload(text) is None
+def test_many_braces_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body full of '{' is given up on after a bounded number of decode attempts, however
+    large it is; the body is never copied once per attempt."""
+    import akeeba_backupd.akeeba.parse as parse
+
+    attempts: list[int] = []
+    real = parse._raw_decode_or_none
+
+    def counting(text: str, start: int) -> object | None:
+        attempts.append(start)
+        return real(text, start)
+
+    monkeypatch.setattr(parse, "_raw_decode_or_none", counting)
+    nested = '{"a":' * 40 + "[" + "1," * 100_000 + "1]" + "}"
+    for text in ("{" * 200_000, nested, "x{" * 50_000 + "}"):
+        attempts.clear()
+        assert extract_payload(text) is None
+        assert 0 < len(attempts) <= parse.MAX_BRACE_TRIES

@@ -4,6 +4,7 @@ secret reach an error message, whatever encoding the echo uses."""
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Callable
 
 import aiohttp
@@ -37,18 +38,37 @@ def _raw_query_value(request: web.Request) -> str:
     return ""
 
 
+def _php_escaped(value: str) -> str:
+    """PHP's htmlspecialchars(ENT_QUOTES): &#039; for the apostrophe, unlike Python."""
+    return (
+        value.replace("&", "&amp;")
+        .replace('"', "&quot;")
+        .replace("'", "&#039;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+    )
+
+
+def _decoded(request: web.Request) -> str:
+    return request.query.get("_akeebaAuth", "")
+
+
 ECHOES: dict[str, Callable[[web.Request], str]] = {
-    # What real error pages echo: the raw query, the decoded value, HTML-escaped, the header.
+    # What real error pages echo: the raw query, the decoded value, HTML-escaped (Python, PHP,
+    # quotes left alone), the header.
     "raw-query": _raw_query_value,
-    "decoded": lambda request: request.query.get("_akeebaAuth", ""),
-    "html-escaped": lambda request: html.escape(request.query.get("_akeebaAuth", "")),
+    "decoded": _decoded,
+    "html-escaped": lambda request: html.escape(_decoded(request)),
+    "php-escaped": lambda request: _php_escaped(_decoded(request)),
+    "quotes-unescaped": lambda request: html.escape(_decoded(request), quote=False),
     "header": lambda request: request.headers.get("X-Akeeba-Auth", ""),
 }
 
 
+@pytest.mark.parametrize("title_prefix", ["", "403 Forbidden - invalid credentials: "])
 @pytest.mark.parametrize("echo", sorted(ECHOES))
 @pytest.mark.parametrize("verb", [HttpVerb.GET, HttpVerb.POST])
-async def test_echoed_secret_is_masked(echo: str, verb: HttpVerb) -> None:
+async def test_echoed_secret_is_masked(echo: str, verb: HttpVerb, title_prefix: str) -> None:
     """A 502 page whose title echoes the secret ends as http_error with the secret masked."""
     auth = AuthPlacement.HEADER if echo == "header" else AuthPlacement.QUERY
     echoed: list[str] = []
@@ -56,7 +76,8 @@ async def test_echoed_secret_is_masked(echo: str, verb: HttpVerb) -> None:
     async def handle(request: web.Request) -> web.Response:
         value = ECHOES[echo](request)
         echoed.append(value)
-        page = f"<html><head><title>Denied {value}</title></head><body>x</body></html>"
+        # A double quote makes repr() switch quotes; a long prefix makes the description cut.
+        page = f'<html><head><title>{title_prefix}Denied "{value}"</title></head></html>'
         return web.Response(status=502, text=page, content_type="text/html")
 
     app = web.Application()
@@ -75,9 +96,11 @@ async def test_echoed_secret_is_masked(echo: str, verb: HttpVerb) -> None:
     # The page did carry the secret, so the masking was put to work.
     assert echoed
     assert echoed[0].startswith("Vx7-Rq2")
-    assert "Denied ***" in error.message
+    assert "Denied" in error.message
+    if not title_prefix:
+        assert 'Denied "***"' in error.message
     for text in (error.message, str(error), repr(error)):
-        assert "Vx7-Rq2" not in text
+        assert "Vx7" not in text
 
 
 def test_scrub_masks_every_spelling() -> None:
@@ -86,6 +109,9 @@ def test_scrub_masks_every_spelling() -> None:
     spellings = [
         SECRET,
         html.escape(SECRET),
+        _php_escaped(SECRET),
+        json.dumps(SECRET)[1:-1],
+        json.dumps(SECRET + "/x")[1:-1].replace("/", "\\/"),
         "Vx7-Rq2%21mZ9pL4%23tK8wN%26%3Cb%3E%20%27q%27%28x%29%2A~",
         "Vx7-Rq2!mZ9pL4%23tK8wN%26%3Cb%3E+'q'(x)*~",
         "?a=1&_akeebaAuth=anything-else&b=2",
@@ -126,3 +152,31 @@ async def test_engine_texts_echoing_the_secret_are_masked() -> None:
         status = await client.step_backup("id-1")
     assert status.error == "cannot fetch http://x/?_akeebaAuth=***"
     assert status.warnings == ("secret word *** is weak", "an ordinary warning")
+
+
+async def test_api_error_echoing_the_secret_late_is_masked_before_the_cut() -> None:
+    """An API error message that quotes the secret near its 500-character cut shows no part
+    of it (masking first, cutting second)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response({"status": 500, "data": "x" * 480 + f" bad secret {SECRET}"})
+
+    app = web.Application()
+    app.router.add_route("*", "/index.php", handle)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        endpoint = Endpoint(
+            str(server.make_url("/index.php?option=com_akeebabackup&view=Api&format=raw")),
+            ApiGeneration.V2,
+        )
+        client = AkeebaClient(session, endpoint, Secret(SECRET), FakeClock(), ClientSettings())
+        with pytest.raises(AkeebaError) as caught:
+            await client.get_version()
+    assert caught.value.reason is FailureReason.REMOTE_ERROR
+    assert "Vx7" not in caught.value.message
+    assert "bad secret" in caught.value.message
+
+
+def test_a_secret_that_is_not_utf8_does_not_crash() -> None:
+    """Undecodable environment bytes (surrogate escapes) still make a Secret that masks."""
+    odd = "abc\udcffdef"
+    assert Secret(odd).scrub(f"x {odd} y") == "x *** y"

@@ -511,8 +511,8 @@ class SiteFile(SettingsFile):
     api: ApiGeneration = ApiGeneration.AUTO
     """API generation: auto (v2, then v1), v2 or v1."""
     secret_file: NonEmptyString | None = None
-    """Absolute path of a file holding the API secret (mode 0600 or stricter); may start with
-    $CREDENTIALS_DIRECTORY/ or %d/. Set this or secret_env."""
+    """Absolute path of a file holding the API secret (no group or other read, e.g. mode 0600);
+    may start with $CREDENTIALS_DIRECTORY/ or %d/. Set this or secret_env."""
     secret_env: EnvName | None = None
     """Name of an environment variable holding the API secret. Set this or secret_file."""
     group: GroupName | None = None
@@ -537,8 +537,8 @@ class _ConfigHead(_FileModel):
     state_dir: NonEmptyString | None = None
     """Directory of the state database. Default $STATE_DIRECTORY, else /var/lib/akeeba-backupd."""
     api_token_file: NonEmptyString | None = None
-    """File holding the bearer token for POST /api/v1/* (mode 0600 or stricter); required when
-    listen is not a loopback address."""
+    """File holding the bearer token for POST /api/v1/* (no group or other read, e.g. mode
+    0600); required when listen is not a loopback address."""
     defaults: SettingsFile = Field(default_factory=SettingsFile)
     """Run settings inherited by every site and schedule."""
     include: list[NonEmptyString] = Field(default_factory=list)
@@ -1293,6 +1293,11 @@ class _Loader:
             return None
         if not value:
             self.issue(document, loc, f"{shown} is empty")
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes arrive as surrogate escapes
+            self.issue(document, loc, f"{shown} is not UTF-8 text")
             return None
         return Secret(value)
 

@@ -139,7 +139,7 @@ class AkeebaClient:
         outcome = "ok"
         try:
             envelope = await self._exchange(method, params)
-            _raise_for_api_status(method, envelope)
+            _raise_for_api_status(method, envelope, self._secret)
             return parse(envelope.data)
         except AkeebaError as error:
             outcome = str(error.reason)
@@ -188,13 +188,13 @@ class AkeebaClient:
             raise _client_error(error, where) from None
         text = body.decode("utf-8", errors="replace")
         if 200 <= http_status < 300:
-            return decode_reply(self.endpoint, text)
+            return decode_reply(self.endpoint, text, self._secret)
         try:
             # Some stacks answer an API envelope with a non-2xx status: trust the envelope.
-            return decode_reply(self.endpoint, text)
+            return decode_reply(self.endpoint, text, self._secret)
         except BadResponseError:
             raise HttpError(
-                f"{where}: HTTP {http_status} {reason} ({describe_body(text)})",
+                f"{where}: HTTP {http_status} {reason} ({describe_body(text, self._secret.scrub)})",
                 http_status=http_status,
             ) from None
 
@@ -214,11 +214,12 @@ def _status_parser(method: str, secret: Secret) -> Callable[[object], BackupStat
     return parse
 
 
-def _raise_for_api_status(method: str, envelope: Envelope) -> None:
+def _raise_for_api_status(method: str, envelope: Envelope, secret: Secret) -> None:
     status = envelope.status
     if status == 200:
         return
-    message = coerce_text(envelope.data)[:500] or "(no message)"
+    # Masked before the cut, so that no partial copy of an echoed secret survives.
+    message = secret.scrub(coerce_text(envelope.data))[:500] or "(no message)"
     if status in (401, 503):
         raise AuthError(
             f"{method}: access denied (API status {status}: {message}); check the secret, "

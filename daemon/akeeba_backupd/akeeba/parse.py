@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .errors import BadResponseError
@@ -17,9 +17,16 @@ from .errors import BadResponseError
 MAX_BRACE_TRIES = 20
 """How many ``{`` positions to try when junk surrounds the JSON (bounded: bodies can be huge)."""
 
+DESCRIBED_HEAD_CHARS = 65536
+"""How much of a body an error description looks at (for an HTML title)."""
+
 _DECODER = json.JSONDecoder()
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _SPACES = re.compile(r"\s+")
+
+
+def _unchanged(text: str) -> str:
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +41,8 @@ def extract_payload(text: str) -> object | None:
     """Return the JSON value hidden in ``text``, or None when there is none.
 
     Order (PROTOCOL.md §3): what lies between the first and last ``###``; else the whole text;
-    else from the first ``{`` to the last ``}``, moving the start to the next ``{`` on failure.
-    Past the spec's steps, a ``}`` in the junk after the JSON (inline CSS or script) would hide
-    the envelope from that scan, so one value is then decoded from each ``{`` with whatever
-    follows it ignored. In both scans an object holding an envelope wins over a stray ``{}``.
+    else one JSON value decoded from each ``{`` in turn (bounded), whatever follows it ignored,
+    an object holding an envelope winning over any other.
     """
     text = text.lstrip("\ufeff")
     first = text.find("###")
@@ -50,15 +55,12 @@ def extract_payload(text: str) -> object | None:
     value = _loads_or_none(text)
     if value is not None:
         return value
+    # The spec's step 3 (first '{' to last '}', start moving on failure) in one pass: decoding
+    # one value from each '{' finds the same objects without copying the body, and also
+    # survives a '}' in junk after the JSON (inline CSS or script). An envelope wins over a
+    # stray '{}' from the junk.
     fallback: object | None = None
-    end = text.rfind("}")
-    for start in _brace_positions(text, end):
-        value = _loads_or_none(text[start : end + 1])
-        if _is_envelope(value):
-            return value
-        if fallback is None:
-            fallback = value
-    for start in _brace_positions(text, len(text)):
+    for start in _brace_positions(text):
         value = _raw_decode_or_none(text, start)
         if _is_envelope(value):
             return value
@@ -67,11 +69,11 @@ def extract_payload(text: str) -> object | None:
     return fallback
 
 
-def _brace_positions(text: str, end: int) -> Iterator[int]:
-    """Yield the first MAX_BRACE_TRIES positions of ``{`` before ``end``."""
+def _brace_positions(text: str) -> Iterator[int]:
+    """Yield the first MAX_BRACE_TRIES positions of ``{``."""
     start = text.find("{")
     for _ in range(MAX_BRACE_TRIES):
-        if start == -1 or start >= end:
+        if start == -1:
             return
         yield start
         start = text.find("{", start + 1)
@@ -83,7 +85,9 @@ def _is_envelope(value: object) -> bool:
     )
 
 
-def decode_envelope(text: str, *, data_is_encoded: bool) -> Envelope:
+def decode_envelope(
+    text: str, *, data_is_encoded: bool, scrub: Callable[[str], str] = _unchanged
+) -> Envelope:
     """Return the envelope in ``text``; raise BadResponseError when there is no usable one.
 
     v1 replies nest the envelope in ``{"encapsulation": 1, "body": {...}}`` and JSON-encode
@@ -91,7 +95,7 @@ def decode_envelope(text: str, *, data_is_encoded: bool) -> Envelope:
     """
     payload = extract_payload(text)
     if not isinstance(payload, dict):
-        raise BadResponseError(f"no JSON API envelope in the reply ({describe_body(text)})")
+        raise BadResponseError(f"no JSON API envelope in the reply ({describe_body(text, scrub)})")
     if "encapsulation" in payload and "body" in payload:
         if not data_is_encoded:
             raise BadResponseError("the endpoint answers in the legacy v1 format, not v2")
@@ -103,7 +107,7 @@ def decode_envelope(text: str, *, data_is_encoded: bool) -> Envelope:
         payload = body
     if "status" not in payload or "data" not in payload:
         missing = " and ".join(key for key in ("status", "data") if key not in payload)
-        raise BadResponseError(f"the reply's JSON lacks {missing} ({describe_body(text)})")
+        raise BadResponseError(f"the reply's JSON lacks {missing} ({describe_body(text, scrub)})")
     status = coerce_int(payload["status"])
     if status is None:
         raise BadResponseError(f"the reply's status is not a number: {payload['status']!r:.40}")
@@ -115,18 +119,23 @@ def decode_envelope(text: str, *, data_is_encoded: bool) -> Envelope:
     return Envelope(status=status, data=data)
 
 
-def describe_body(text: str) -> str:
-    """Return a short, single-line, printable description of a body for an error message."""
-    if not text.strip():
+def describe_body(text: str, scrub: Callable[[str], str] = _unchanged) -> str:
+    """Return a short, single-line, printable description of a body for an error message.
+
+    ``scrub`` masks the secret in the body's head before anything is cut, squashed or quoted,
+    so no partial or escaped copy of it can reach the description.
+    """
+    head = scrub(text[:DESCRIBED_HEAD_CHARS])
+    if not head.strip():
         return "empty body"
-    title = _TITLE.search(text[:65536])
+    title = _TITLE.search(head)
     if title:
         return "HTML page titled " + repr(_clip(title.group(1)))
-    return "body starts with " + repr(_clip(text))
+    return "body starts with " + repr(_clip(head))
 
 
 def _clip(text: str, limit: int = 80) -> str:
-    flat = _SPACES.sub(" ", text).strip()
+    flat = _SPACES.sub(" ", text[: limit * 16]).strip()
     flat = "".join(ch if ch.isprintable() else "?" for ch in flat)
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
+import json
 import re
 from urllib.parse import quote, quote_plus
 
@@ -53,13 +55,25 @@ class Secret:
 
 
 def _spellings(value: str) -> tuple[str, ...]:
-    """Return the distinct spellings of ``value`` a server may echo, longest first."""
+    """Return the distinct spellings of ``value`` a server may echo, longest first: plain, URL
+    encoded (strict, form, lenient), HTML escaped (Python's, PHP's ``&#039;``, quotes left
+    alone) and JSON encoded (with PHP's ``\\/``)."""
+    escaped = html.escape(value)
+    in_json = json.dumps(value)[1:-1]
     forms = {
         value,
-        html.escape(value),
-        quote(value, safe=""),
-        quote_plus(value),
-        quote(value, safe=_QUERY_SAFE),
-        yarl.URL.build(path="/", query={"x": value}).raw_query_string[2:],
+        escaped,
+        escaped.replace("&#x27;", "&#039;"),
+        html.escape(value, quote=False),
+        in_json,
+        in_json.replace("/", "\\/"),
     }
+    # Not encodable (surrogate escapes): it cannot have been sent in a URL either.
+    with contextlib.suppress(UnicodeError):
+        forms |= {
+            quote(value, safe=""),
+            quote_plus(value),
+            quote(value, safe=_QUERY_SAFE),
+            yarl.URL.build(path="/", query={"x": value}).raw_query_string[2:],
+        }
     return tuple(sorted((form for form in forms if form), key=len, reverse=True))

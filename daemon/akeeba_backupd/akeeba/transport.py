@@ -70,9 +70,12 @@ def prepare_request(
     return PreparedRequest(verb, base_url, (*base_query, *fields), None, headers)
 
 
-def decode_reply(endpoint: Endpoint, text: str) -> Envelope:
-    """Return the envelope of a reply body from ``endpoint``; raise BadResponseError if none."""
-    return decode_envelope(text, data_is_encoded=endpoint.generation is ApiGeneration.V1)
+def decode_reply(endpoint: Endpoint, text: str, secret: Secret) -> Envelope:
+    """Return the envelope of a reply body from ``endpoint``; raise BadResponseError if none
+    (its message describes the body with ``secret`` masked)."""
+    return decode_envelope(
+        text, data_is_encoded=endpoint.generation is ApiGeneration.V1, scrub=secret.scrub
+    )
 
 
 def v1_challenge(secret: Secret, salt: str | None = None) -> str:
