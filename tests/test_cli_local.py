@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
-    """One simulated fleet of three five-step sites for the module."""
-    fleet = SimulatorProcess.start(tmp_path_factory.mktemp("simulator"), sites=3, steps=5)
+    """One simulated fleet of five-step sites for the module; each test has a site of its own."""
+    fleet = SimulatorProcess.start(tmp_path_factory.mktemp("simulator"), sites=4, steps=5)
     try:
         yield fleet
     finally:
@@ -80,7 +80,7 @@ def test_backup_prints_every_step_and_the_outcome(
     assert lines[0].startswith("shop/nightly: run ")
     assert lines[0].endswith(" started")
     steps = [line for line in lines if line.startswith("  step ")]
-    # stepNumber counts from 2 (start is 1); the final reply repeats the last number.
+    # The start reply already says stepNumber 2; the final reply repeats the last number.
     assert [int(line.split()[1]) for line in steps] == [2, 3, 4, 5, 6, 6]
     assert steps[-1].split()[2] == "100%"
     assert any(line.startswith("shop/nightly: succeeded in ") for line in lines), lines
@@ -93,12 +93,9 @@ def test_backup_of_a_failing_site_exits_1_with_the_reason(
     tmp_path: Path, simulator: SimulatorProcess
 ) -> None:
     """An engine error at step 2 prints the failed outcome with its reason and exits 1."""
-    simulator.set_faults("site-0001", engine_error_at_step=2)
-    try:
-        path = _config(tmp_path, simulator, "site-0001")
-        result = run_cli(["backup", "--config", str(path), "shop"])
-    finally:
-        simulator.set_faults("site-0001")
+    simulator.set_faults("site-0004", engine_error_at_step=2)
+    path = _config(tmp_path, simulator, "site-0004")
+    result = run_cli(["backup", "--config", str(path), "shop"])
     assert result.returncode == 1
     assert any(
         line.startswith("shop/nightly: failed (remote_error) in ")
