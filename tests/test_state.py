@@ -1,0 +1,62 @@
+"""The SQLite state store: what it keeps survives a reopen, and a broken file never raises."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from akeeba_backupd.state import STATE_FILE_NAME, StateStore
+
+
+async def test_pauses_survive_a_reopen(tmp_path: Path) -> None:
+    """A pause and a resume are committed and read back by the next process's store."""
+    store = StateStore(tmp_path)
+    assert store.open().pauses == set()
+    store.start()
+    store.set_paused("shop", "nightly", True)
+    store.set_paused("shop", "weekly", True)
+    store.set_paused("shop", "weekly", False)
+    await store.close()
+
+    again = StateStore(tmp_path)
+    assert again.open().pauses == {("shop", "nightly")}
+    await again.close()
+    assert again.problem is None
+
+
+async def test_a_corrupt_file_is_moved_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage in state.db is moved to state.db.corrupt-<time>, logged, counted, and a new
+    store starts and works."""
+    (tmp_path / STATE_FILE_NAME).write_bytes(b"this is not a database" * 100)
+    store = StateStore(tmp_path)
+    with caplog.at_level(logging.ERROR):
+        loaded = store.open()
+    assert loaded.pauses == set()
+    assert store.errors_total == 1
+    assert store.problem is None
+    aside = list(tmp_path.glob(f"{STATE_FILE_NAME}.corrupt-*"))
+    assert len(aside) == 1
+    assert aside[0].read_bytes().startswith(b"this is not a database")
+    assert any("is corrupt" in record.getMessage() for record in caplog.records)
+    store.start()
+    store.set_paused("shop", "nightly", True)
+    await store.close()
+    assert StateStore(tmp_path).open().pauses == {("shop", "nightly")}
+
+
+async def test_an_unusable_directory_leaves_the_store_in_memory(tmp_path: Path) -> None:
+    """A state_dir that is a file: open() does not raise, the problem names the path, and
+    queued writes are dropped without an exception."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x")
+    store = StateStore(blocker)
+    assert store.open().pauses == set()
+    assert store.problem is not None
+    assert str(blocker) in store.problem
+    store.set_paused("shop", "nightly", True)
+    await store.flush()
+    await store.close()
