@@ -3,9 +3,10 @@ secret reach an error message, whatever encoding the echo uses."""
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -27,6 +28,24 @@ from tests.fakes import FakeClock
 
 # Characters that URL encoders disagree about, an HTML metacharacter and a space.
 SECRET = "Vx7-Rq2!mZ9pL4#tK8wN&<b> 'q'(x)*~"
+
+
+@contextlib.asynccontextmanager
+async def echo_client(
+    handle: Callable[[web.Request], Awaitable[web.Response]],
+    settings: ClientSettings | None = None,
+) -> AsyncIterator[AkeebaClient]:
+    """Serve ``handle`` as a v2 endpoint; yield a client holding SECRET pointed at it."""
+    app = web.Application()
+    app.router.add_route("*", "/index.php", handle)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        endpoint = Endpoint(
+            str(server.make_url("/index.php?option=com_akeebabackup&view=Api&format=raw")),
+            ApiGeneration.V2,
+        )
+        yield AkeebaClient(
+            session, endpoint, Secret(SECRET), FakeClock(), settings or ClientSettings()
+        )
 
 
 def _raw_query_value(request: web.Request) -> str:
@@ -80,15 +99,7 @@ async def test_echoed_secret_is_masked(echo: str, verb: HttpVerb, title_prefix: 
         page = f'<html><head><title>{title_prefix}Denied "{value}"</title></head></html>'
         return web.Response(status=502, text=page, content_type="text/html")
 
-    app = web.Application()
-    app.router.add_route("*", "/index.php", handle)
-    async with TestServer(app) as server, aiohttp.ClientSession() as session:
-        endpoint = Endpoint(
-            str(server.make_url("/index.php?option=com_akeebabackup&view=Api&format=raw")),
-            ApiGeneration.V2,
-        )
-        settings = ClientSettings(verb=verb, auth=auth)
-        client = AkeebaClient(session, endpoint, Secret(SECRET), FakeClock(), settings)
+    async with echo_client(handle, ClientSettings(verb=verb, auth=auth)) as client:
         with pytest.raises(AkeebaError) as caught:
             await client.get_version()
     error = caught.value
@@ -141,14 +152,7 @@ async def test_engine_texts_echoing_the_secret_are_masked() -> None:
         }
         return web.json_response({"status": 200, "data": data})
 
-    app = web.Application()
-    app.router.add_route("*", "/index.php", handle)
-    async with TestServer(app) as server, aiohttp.ClientSession() as session:
-        endpoint = Endpoint(
-            str(server.make_url("/index.php?option=com_akeebabackup&view=Api&format=raw")),
-            ApiGeneration.V2,
-        )
-        client = AkeebaClient(session, endpoint, Secret(SECRET), FakeClock(), ClientSettings())
+    async with echo_client(handle) as client:
         status = await client.step_backup("id-1")
     assert status.error == "cannot fetch http://x/?_akeebaAuth=***"
     assert status.warnings == ("secret word *** is weak", "an ordinary warning")
@@ -161,14 +165,7 @@ async def test_api_error_echoing_the_secret_late_is_masked_before_the_cut() -> N
     async def handle(request: web.Request) -> web.Response:
         return web.json_response({"status": 500, "data": "x" * 480 + f" bad secret {SECRET}"})
 
-    app = web.Application()
-    app.router.add_route("*", "/index.php", handle)
-    async with TestServer(app) as server, aiohttp.ClientSession() as session:
-        endpoint = Endpoint(
-            str(server.make_url("/index.php?option=com_akeebabackup&view=Api&format=raw")),
-            ApiGeneration.V2,
-        )
-        client = AkeebaClient(session, endpoint, Secret(SECRET), FakeClock(), ClientSettings())
+    async with echo_client(handle) as client:
         with pytest.raises(AkeebaError) as caught:
             await client.get_version()
     assert caught.value.reason is FailureReason.REMOTE_ERROR
