@@ -826,17 +826,7 @@ class SimulatedSite:
         self._kill_running()
         backupid = self._new_backupid(now)
         archive = f"site-{host}-{now:%Y%m%d-%H%M%S}utc-{self._random_suffix()}.jpa"
-        record = self._new_record(
-            now,
-            description=_to_text(params.get("description")) or _default_description(now),
-            comment=_to_text(params.get("comment")),
-            profile=profile,
-            archive=archive,
-            backupid=backupid,
-            origin="json",
-        )
-        self._runs[backupid] = _Run(backupid, record, profile, archive, started_by_api=True)
-        await self._spend_step_time(record)
+        record = await self._start_api_run(now, params, profile, archive, backupid)
         return _Api(
             200,
             {
@@ -858,6 +848,24 @@ class SimulatedSite:
                 "Profile": profile,
             },
         )
+
+    async def _start_api_run(
+        self, now: datetime, params: dict[str, Any], profile: int, archive: str, key: str
+    ) -> dict[str, Any]:
+        """Create the record and engine state of a backup started through the API under
+        ``key``, spend the start's time on the server, and return the record."""
+        record = self._new_record(
+            now,
+            description=_to_text(params.get("description")) or _default_description(now),
+            comment=_to_text(params.get("comment")),
+            profile=profile,
+            archive=archive,
+            backupid=key,
+            origin="json",
+        )
+        self._runs[key] = _Run(key, record, profile, archive, started_by_api=True)
+        await self._spend_step_time(record)
+        return record
 
     async def _v2_step(self, params: dict[str, Any], host: str) -> _Reply:
         self.step_count += 1
@@ -884,17 +892,7 @@ class SimulatedSite:
         else:
             profile = _to_int(params.get("profile")) or 1
             archive = f"site-{host}-{now:%Y%m%d-%H%M%S}.jpa"
-            record = self._new_record(
-                now,
-                description=_to_text(params.get("description")) or _default_description(now),
-                comment=_to_text(params.get("comment")),
-                profile=profile,
-                archive=archive,
-                backupid=key,
-                origin="json",
-            )
-            self._runs[key] = _Run(key, record, profile, archive, started_by_api=True)
-            await self._spend_step_time(record)
+            await self._start_api_run(now, params, profile, archive, key)
         return _Api(
             200,
             {
