@@ -383,12 +383,18 @@ def test_sighup_applies_a_valid_file_and_keeps_the_old_on_a_bad_one(
 # --- SIGTERM and SIGINT ------------------------------------------------------------------------
 
 
-def test_sigterm_mid_run_exits_zero_after_the_step(
-    simulator: SimulatorProcess, tmp_path: Path, launch: Launch
-) -> None:
-    """SIGTERM during a run stops it after its current step and exits 0 without finishing it."""
+def _slow_run_under_way(
+    simulator: SimulatorProcess,
+    tmp_path: Path,
+    launch: Launch,
+    *,
+    steps: int,
+    step_seconds: float,
+) -> tuple[str, DaemonProcess]:
+    """Start a daemon backing up a fresh slow site ``slow/nightly`` (config in ``tmp_path``),
+    run it now, and return (simulated site name, daemon) once two steps have run."""
     name = simulator.take()
-    simulator.set_settings(name, steps=19, step_seconds=0.3)
+    simulator.set_settings(name, steps=steps, step_seconds=step_seconds)
     port = free_port()
     path = write_config(
         tmp_path / "config.yaml",
@@ -401,6 +407,14 @@ def test_sigterm_mid_run_exits_zero_after_the_step(
         "the run to be a few steps in",
         context=daemon.logs,
     )
+    return name, daemon
+
+
+def test_sigterm_mid_run_exits_zero_after_the_step(
+    simulator: SimulatorProcess, tmp_path: Path, launch: Launch
+) -> None:
+    """SIGTERM during a run stops it after its current step and exits 0 without finishing it."""
+    name, daemon = _slow_run_under_way(simulator, tmp_path, launch, steps=19, step_seconds=0.3)
     assert daemon.sample("akeeba_backup_running", site="slow", schedule="nightly") == 1
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait() == 0
@@ -618,25 +632,12 @@ def test_run_stopped_mid_way_resumes_after_restart(
     """A backup suspended by SIGTERM, or cut by SIGKILL (its step maybe still executing on the
     server), is continued by the next process with the same backupid: one startBackup on the
     server, one completed backup, one succeeded run, never two steps at once."""
-    name = simulator.take()
-    simulator.set_settings(name, steps=12, step_seconds=0.2)
-    port = free_port()
-    path = write_config(
-        tmp_path / "config.yaml",
-        config_document(port, [SiteEntry("slow", simulator.site_url(name))]),
-    )
-    first = launch(path, port)
-    first.trigger("slow", "nightly")
-    wait_until(
-        lambda: simulator.summary(name)["step_count"] >= 2,
-        "the run to be a few steps in",
-        context=first.logs,
-    )
+    name, first = _slow_run_under_way(simulator, tmp_path, launch, steps=12, step_seconds=0.2)
     first.send_signal(signum)
     assert first.wait() == (0 if signum == signal.SIGTERM else -signal.SIGKILL)
     assert simulator.summary(name)["completed_backups"] == 0
 
-    second = launch(path, port)
+    second = launch(first.config_path, first.port)
     second.wait_for_sample("akeeba_backup_runs_total", 1, site="slow", schedule="nightly")
     assert second.sample("akeeba_backup_last_status", site="slow", schedule="nightly") == 1
     site = simulator.summary(name)
