@@ -11,10 +11,12 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -644,3 +646,55 @@ def test_run_stopped_mid_way_resumes_after_restart(
     assert site["start_count"] == 1
     assert site["completed_backups"] == 1
     assert site["concurrent_step_violations"] == 0
+
+
+@pytest.mark.parametrize(
+    ("policy", "grace", "expected_starts"),
+    [("run_once", "6h", 1), ("skip", "6h", 0), ("run_once", "2m", 0)],
+)
+def test_a_fire_missed_while_down_follows_the_misfire_policy(
+    simulator: SimulatorProcess,
+    tmp_path: Path,
+    launch: Launch,
+    policy: str,
+    grace: str,
+    expected_starts: int,
+) -> None:
+    """A daily fire that fell while the daemon was down runs once at restart under run_once
+    within misfire_grace, and is counted as a misfire otherwise. The downtime is made by
+    moving the saved "fires seen up to" mark two days back in the state file between runs."""
+    name = simulator.take()
+    fire = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
+    port = free_port()
+    path = write_config(
+        tmp_path / "config.yaml",
+        config_document(
+            port,
+            [SiteEntry("shop", simulator.site_url(name), [("daily", f"{fire:%M %H} * * *")])],
+            defaults={"misfire": policy, "misfire_grace": grace, "timezone": "UTC"},
+        ),
+    )
+    first = launch(path, port)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait() == 0
+    # Nothing was missed by the first daemon: the fire 5 minutes before it started is history.
+    assert simulator.summary(name)["start_count"] == 0
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        (seen,) = db.execute(
+            "SELECT last_fire_at FROM schedule_state WHERE site = 'shop' AND schedule = 'daily'"
+        ).fetchone()
+        assert seen == pytest.approx(fire.timestamp())
+        db.execute("UPDATE schedule_state SET last_fire_at = ?", (seen - 2 * 86400,))
+
+    second = launch(path, port)
+    labels = {"site": "shop", "schedule": "daily"}
+    if expected_starts:
+        second.wait_for_sample("akeeba_backup_runs_total", 1, **labels)
+        assert second.sample("akeeba_backup_last_status", **labels) == 1
+    else:
+        second.wait_for_sample("akeeba_backup_skipped_total", 1, reason="misfire", **labels)
+        assert second.sample("akeeba_backup_runs_total", **labels) == 0
+    assert second.sample("akeeba_backup_skipped_total", reason="misfire", **labels) == (
+        1 - expected_starts
+    )
+    assert simulator.summary(name)["start_count"] == expected_starts

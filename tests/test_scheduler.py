@@ -21,7 +21,7 @@ from akeeba_backupd.run import (
     RunResult,
 )
 from akeeba_backupd.scheduler import Scheduler, SchedulerError, ScheduleState
-from akeeba_backupd.state import SavedCheckpoint
+from akeeba_backupd.state import LoadedState, SavedCheckpoint
 from akeeba_backupd.status import SkipReason
 from tests.sim_clock import START, SteppingClock
 
@@ -349,6 +349,51 @@ async def test_missed_fires_after_a_clock_jump(
     assert entry.stats.skipped_total[SkipReason.MISFIRE] == expected_misfires
     # The regular 04:00 fire runs whatever the policy.
     assert START + timedelta(hours=4) in factory.times("a", "h")
+
+
+@pytest.mark.parametrize(
+    ("policy", "grace", "down_hours", "expected_catch_up", "expected_misfires"),
+    [
+        ("run_once", "6h", 3, 1, 0),  # down 00:30-03:30 over the 02:00 fire: run it once now
+        ("skip", "6h", 3, 0, 1),
+        ("run_once", "1h", 3, 0, 1),  # the 02:00 fire is 1.5 h old at restart: beyond grace
+        ("run_once", "6h", 1, 0, 0),  # down 00:30-01:30: nothing was missed
+    ],
+)
+async def test_a_fire_missed_while_down_is_caught_up_at_restart(
+    tmp_path: Path,
+    clock: SteppingClock,
+    started: list[Scheduler],
+    policy: str,
+    grace: str,
+    down_hours: int,
+    expected_catch_up: int,
+    expected_misfires: int,
+) -> None:
+    """A schedule tracked but never fired yet still has its missed fire handled at restart:
+    the first start records the fire before it as seen, and the restart compares with that."""
+    config = write_config(
+        tmp_path,
+        [site("a", schedule("n", "0 2 * * *"))],
+        defaults={"misfire": policy, "misfire_grace": grace},
+    )
+    first = make(config, clock, FakeRunFactory(clock), started)
+    await clock.run_for(30 * MINUTE)
+    entry = first.entry("a", "n")
+    assert entry is not None
+    assert entry.last_fire_at == START - timedelta(hours=22)  # yesterday's 02:00, as seen
+    restored = LoadedState(last_fire_at={("a", "n"): entry.last_fire_at})
+    await first.stop(0.0)
+    clock.jump(down_hours * HOUR)
+    factory = FakeRunFactory(clock)
+    second = Scheduler(config, clock, factory, restored=restored, max_idle_wait_seconds=DAY)
+    second.start()
+    started.append(second)
+    await clock.run_for(MINUTE)
+    again = second.entry("a", "n")
+    assert again is not None
+    assert len(factory.times("a", "n")) == expected_catch_up
+    assert again.stats.skipped_total[SkipReason.MISFIRE] == expected_misfires
 
 
 async def test_jitter_delays_within_bounds(

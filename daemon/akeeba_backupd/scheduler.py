@@ -297,10 +297,13 @@ class Scheduler:
     def _catch_up(self, entry: ScheduleEntry, now: datetime) -> None:
         """Apply the misfire policy to fires missed while the daemon was down."""
         last = entry.last_fire_at
-        if last is None:
-            return  # never seen firing: a new schedule has no missed fire times
         settings = entry.schedule.settings
         latest = previous_fire_time(entry.schedule.cron, now, settings.timezone)
+        if last is None:
+            # First seen now: fires before this moment are not ours to catch up, but one
+            # missed while we are down from here on is, so the baseline goes to disk now.
+            self._mark_tracked(entry, now)
+            return
         if latest is None or latest <= last:
             return
         self._note_fire(entry, latest)
@@ -325,6 +328,14 @@ class Scheduler:
             f"{latest:%Y-%m-%d %H:%M}",
         )
         self._enqueue(entry, latest)
+
+    def _mark_tracked(self, entry: ScheduleEntry, now: datetime) -> None:
+        """Record the fire time before ``now`` as seen, so the next start can tell what it
+        missed. A schedule whose cron never fired before ``now`` gets no baseline yet."""
+        settings = entry.schedule.settings
+        latest = previous_fire_time(entry.schedule.cron, now, settings.timezone)
+        if latest is not None:
+            self._note_fire(entry, latest)
 
     def _note_fire(self, entry: ScheduleEntry, fire_at: datetime) -> None:
         entry.last_fire_at = fire_at
@@ -466,7 +477,7 @@ class Scheduler:
             found = self._entries.get(key)
             if found is None:
                 added += 1
-                self._add(site, schedule, now)
+                self._mark_tracked(self._add(site, schedule, now), now)
                 continue
             entry = found
             if entry.removed:
