@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from akeeba_backupd.akeeba import (
     AkeebaClient,
@@ -24,6 +25,8 @@ from akeeba_backupd.akeeba import (
     HttpVerb,
     Secret,
 )
+from akeeba_backupd.akeeba.client import _check_same_site
+from akeeba_backupd.akeeba.errors import HttpError
 from tests.fakes import FakeClock
 
 # Characters that URL encoders disagree about, an HTML metacharacter and a space.
@@ -177,3 +180,26 @@ def test_a_secret_that_is_not_utf8_does_not_crash() -> None:
     """Undecodable environment bytes (surrogate escapes) still make a Secret that masks."""
     odd = "abc\udcffdef"
     assert Secret(odd).scrub(f"x {odd} y") == "x *** y"
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "followed"),
+    [
+        ("http://example.org/x", "https://example.org/y", True),  # upgrade to https
+        ("https://example.org/x", "https://EXAMPLE.org/y?a=1", True),
+        ("http://example.org/x", "http://example.org:8080/y", True),  # same host, other port
+        ("https://example.org/x", "http://example.org/y", False),  # downgrade: secret in clear
+        ("https://example.org/x", "https://www.example.org/y", False),
+        ("https://example.org/x", "https://sso.example.com/login", False),
+        ("https://example.org/x", "ftp://example.org/y", False),
+    ],
+)
+def test_redirects_are_followed_only_on_the_same_host(
+    current: str, target: str, followed: bool
+) -> None:
+    """The secret rides in a header aiohttp would forward: only same-host redirects are taken."""
+    if followed:
+        _check_same_site(URL(current), URL(target), "getVersion")
+    else:
+        with pytest.raises(HttpError, match="not followed"):
+            _check_same_site(URL(current), URL(target), "getVersion")

@@ -945,3 +945,30 @@ async def test_junk_really_surrounds_the_reply(api: str, junk: str) -> None:
     with pytest.raises(json.JSONDecodeError, match=r"Expecting value|Extra data|BOM"):
         json.loads(raw.decode("utf-8"))
     assert (b"\xef\xbb\xbf" in raw[:3]) == (junk == "bom")
+
+
+@BOTH
+async def test_a_redirect_to_a_login_page_fails_as_http_error_naming_it(api: str) -> None:
+    """A same-host redirect is followed; the login page at its end is reported as such."""
+    async with serving(_site(api, faults=Faults(redirect_to="login"))) as simulator:
+        ran = await _run(simulator, clock=FakeClock())
+    _assert_failed(ran, FailureReason.HTTP_ERROR)
+    assert "HTTP 302 redirect to" in ran.result.message
+    assert "/site/login" in ran.result.message
+    assert "Log in" in ran.result.message
+    assert ran.summary["login_page_requests"] >= 1
+    assert ran.summary["start_count"] == 0
+
+
+@BOTH
+async def test_a_redirect_to_another_host_is_not_followed_with_the_secret(api: str) -> None:
+    """A redirect to another host name (here "localhost" for the same server) is refused, so
+    the secret in the auth header never reaches it."""
+    async with serving(_site(api)) as simulator:
+        elsewhere = simulator.base_url("site").replace("127.0.0.1", "localhost") + "login"
+        simulator.set_faults("site", redirect_to=elsewhere)
+        ran = await _run(simulator, clock=FakeClock())
+    _assert_failed(ran, FailureReason.HTTP_ERROR)
+    assert "not followed" in ran.result.message
+    assert ran.summary["login_page_requests"] == 0
+    assert ran.summary["login_page_secrets"] == 0

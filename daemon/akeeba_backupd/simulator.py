@@ -84,6 +84,9 @@ class Faults:
     record and no state, so the next stepBackup silently starts a new backup on profile 1."""
     garbage_bytes: int = 0
     """When above 0, every reply body is this many bytes of non-JSON text (HTTP 200, text/html)."""
+    redirect_to: str = ""
+    """When set, every API call answers HTTP 302 with this ``Location``: "login" for the site's
+    own login page (``<site>/login``, an HTML form with HTTP 200), or an absolute URL."""
 
 
 @dataclass
@@ -166,6 +169,11 @@ _NOT_FOUND_PAGE: Final = (
     b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n"
     b"<body><h1>Not Found</h1><p>The requested URL was not found on this server.</p></body>"
     b"</html>\n"
+)
+_LOGIN_PAGE: Final = (
+    b"<!DOCTYPE html>\n<html><head><title>Log in</title></head>\n"
+    b'<body><form method="post" action="login"><input name="username"><input name="password" '
+    b'type="password"><button>Log in</button></form></body></html>\n'
 )
 _NOT_ACCEPTABLE: Final = b'{"errors":[{"title":"Could not match accept header","code":406}]}'
 
@@ -479,6 +487,7 @@ _FAULT_KINDS: Final = {
     "foreign_start_at_step": "step",
     "start_silently_fails": "bool",
     "garbage_bytes": "count",
+    "redirect_to": "text",
 }
 _SETTING_KINDS: Final = {
     "steps": "positive",
@@ -526,6 +535,8 @@ def _checked(kind: str, name: str, value: Any) -> Any:
     if kind == "seconds" and (_is_int(value) or isinstance(value, float)) and value >= 0:
         return float(value)
     if kind == "secret" and isinstance(value, str) and value:
+        return value
+    if kind == "text" and isinstance(value, str):
         return value
     if (
         kind == "profiles"
@@ -606,6 +617,11 @@ class SimulatedSite:
         self.concurrent_step_violations = 0
         """stepBackup calls that arrived while a step of the same backup was still executing."""
         self.foreign_starts = 0
+        self.login_page_requests = 0
+        """Requests for the site's login page (where ``redirect_to`` "login" sends clients)."""
+        self.login_page_secrets = 0
+        """Login page requests that carried the API secret (header or query): a client that
+        follows a redirect to another host would hand the secret over like this."""
         self.calls_by_method: dict[str, int] = {}
         """Calls of known methods that reached this site's endpoint, refused ones (wrong secret,
         API switched off) included: what a client's probe cost the site."""
@@ -649,9 +665,20 @@ class SimulatedSite:
             "running": self.running,
             "records": [dict(record) for record in self.records],
             "foreign_starts": self.foreign_starts,
+            "login_page_requests": self.login_page_requests,
+            "login_page_secrets": self.login_page_secrets,
             "calls_by_method": dict(self.calls_by_method),
             "faults": dataclasses.asdict(self.spec.faults),
         }
+
+    def login_page(self, request: web.Request) -> web.Response:
+        """Answer the site's login page, counting requests that carry the API secret."""
+        self.login_page_requests += 1
+        secret = self.spec.secret
+        sent = request.headers.get("X-Akeeba-Auth") == secret or secret in request.query.values()
+        if sent:
+            self.login_page_secrets += 1
+        return web.Response(body=_LOGIN_PAGE, content_type="text/html", charset="utf-8")
 
     # --- changes from tests --------------------------------------------------------------------
 
@@ -1452,11 +1479,20 @@ class Simulator:
         if site is None:
             return await self._handle_unknown(request)
         spec = site.spec
+        if request.match_info["tail"] == "login":
+            return site.login_page(request)
         if not _endpoint_matches(
             spec.api, spec.platform, request.match_info["tail"], request.query
         ):
             return await self._handle_unknown(request)
         faults = spec.faults
+        if faults.redirect_to:
+            location = (
+                f"/{spec.name}/login" if faults.redirect_to == "login" else faults.redirect_to
+            )
+            return web.Response(
+                status=302, headers={"Location": location}, content_type="text/html"
+            )
         if faults.garbage_bytes > 0:
             return web.Response(body=self._garbage_body(faults.garbage_bytes), headers=_V1_HEADERS)
         if spec.platform == "joomla-api":

@@ -7,12 +7,14 @@ lets the secret into an exception message.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
 import aiohttp
+from yarl import URL
 
 from akeeba_backupd.clock import Clock
 
@@ -46,6 +48,11 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 """The largest reply read; listBackups with 200 records is well under 1 MiB."""
 
 LIST_LIMIT_MAX = 200
+
+MAX_REDIRECTS = 5
+"""Redirects followed within one call (same host only; an http→https upgrade counts)."""
+
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 T = TypeVar("T")
 
@@ -166,20 +173,41 @@ class AkeebaClient:
             sock_connect=settings.connect_timeout_seconds,
         )
         where = f"{method} at {redact_url(self.endpoint.url)}"
+        verb = request.verb.value.upper()
+        url = URL(request.url)
+        query: tuple[tuple[str, str], ...] | None = request.query
+        form = None if request.form is None else dict(request.form)
+        redirected_by: tuple[int, URL] | None = None
         try:
-            async with self._session.request(
-                request.verb.value.upper(),
-                request.url,
-                params=request.query,
-                data=None if request.form is None else dict(request.form),
-                headers=request.headers,
-                timeout=timeout,
-                ssl=self._ssl,
-                allow_redirects=True,
-            ) as response:
-                body = await _read_capped(response, settings.max_body_bytes, where)
-                http_status = response.status
-                reason = response.reason or ""
+            # One request_timeout for the whole call, redirects included.
+            async with asyncio.timeout(settings.request_timeout_seconds):
+                for _hop in range(MAX_REDIRECTS + 1):
+                    async with self._session.request(
+                        verb,
+                        url,
+                        params=query,
+                        data=form,
+                        headers=request.headers,
+                        timeout=timeout,
+                        ssl=self._ssl,
+                        allow_redirects=False,
+                    ) as response:
+                        target = _redirect_target(response)
+                        if target is None:
+                            body = await _read_capped(response, settings.max_body_bytes, where)
+                            http_status = response.status
+                            reason = response.reason or ""
+                            break
+                        _check_same_site(url, target, where)
+                        if redirected_by is None:
+                            redirected_by = (response.status, target)
+                        if response.status == 303 or (
+                            response.status in (301, 302) and verb == "POST"
+                        ):
+                            verb, form = "GET", None  # what every browser does
+                        url, query = target, None  # the Location carries its own query
+                else:
+                    raise BadResponseError(f"{where}: more than {MAX_REDIRECTS} redirects")
         except AkeebaError:
             raise
         except TimeoutError as error:
@@ -187,16 +215,54 @@ class AkeebaClient:
         except aiohttp.ClientError as error:
             raise _client_error(error, where) from None
         text = body.decode("utf-8", errors="replace")
-        if 200 <= http_status < 300:
+        if 200 <= http_status < 300 and redirected_by is None:
             return decode_reply(self.endpoint, text, self._secret)
         try:
             # Some stacks answer an API envelope with a non-2xx status: trust the envelope.
             return decode_reply(self.endpoint, text, self._secret)
         except BadResponseError:
+            if redirected_by is not None:
+                # A login or maintenance page reached through a redirect: report the redirect.
+                first_status, first_target = redirected_by
+                raise HttpError(
+                    f"{where}: HTTP {first_status} redirect to {_show_url(first_target)} "
+                    f"ending in HTTP {http_status} "
+                    f"({describe_body(text, self._secret.scrub)})",
+                    http_status=first_status,
+                ) from None
             raise HttpError(
                 f"{where}: HTTP {http_status} {reason} ({describe_body(text, self._secret.scrub)})",
                 http_status=http_status,
             ) from None
+
+
+def _redirect_target(response: aiohttp.ClientResponse) -> URL | None:
+    """Return where a redirect points (resolved against the request), or None if it is none."""
+    if response.status not in _REDIRECT_STATUSES:
+        return None
+    location = response.headers.get("Location")
+    if not location:
+        return None
+    return response.url.join(URL(location))
+
+
+def _check_same_site(current: URL, target: URL, where: str) -> None:
+    """Refuse a redirect to another host: the secret travels in a header (or the query) that
+    aiohttp would forward to it. An upgrade to https on the same host is followed."""
+    same_host = (target.host or "").lower() == (current.host or "").lower()
+    if same_host and target.scheme in (current.scheme, "https"):
+        return
+    raise HttpError(
+        f"{where}: redirected to {_show_url(target)}, another site or a downgrade to http; "
+        "not followed, so that the secret does not go there (set the site's url to the "
+        "address that answers directly)",
+        http_status=302,
+    )
+
+
+def _show_url(url: URL) -> str:
+    """Return ``url`` as safe to print: scheme, host, port and path, never its query."""
+    return str(url.with_query(None).with_fragment(None).with_user(None).with_password(None))
 
 
 def _status_parser(method: str, secret: Secret) -> Callable[[object], BackupStatus]:
