@@ -270,7 +270,14 @@ class SimulatorProcess:
 
     @classmethod
     def start(
-        cls, log_dir: Path, *, sites: int, steps: int = 5, step_seconds: float = 0.0
+        cls,
+        log_dir: Path,
+        *,
+        sites: int,
+        steps: int = 5,
+        step_seconds: float = 0.0,
+        api: str = "v2",
+        secret: str = SIM_SECRET,
     ) -> SimulatorProcess:
         """Start a fleet of ``sites`` sites on a port the simulator picks; return once it serves."""
         args = [
@@ -284,6 +291,10 @@ class SimulatorProcess:
             str(steps),
             "--step-seconds",
             str(step_seconds),
+            "--api",
+            api,
+            "--secret",
+            secret,
         ]
         child = ChildProcess(args, child_environment(), log_dir, "simulator")
         try:
