@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from akeeba_backupd import cli
 from akeeba_backupd.akeeba.options import ApiGeneration, AuthPlacement, HttpVerb, Platform
 from akeeba_backupd.config import (
     DEFAULT_DESCRIPTION,
@@ -27,6 +28,7 @@ from akeeba_backupd.config import (
     load_config,
 )
 from akeeba_backupd.cron import parse_cron
+from akeeba_backupd.service import EXIT_CONFIG, EXIT_OK
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "example.yaml"
@@ -913,3 +915,42 @@ def test_mutated_example_raises_only_config_error(
     if failure is not None:
         assert_no_secret(str(failure))
         assert all(issue.message for issue in failure.issues)
+
+
+# Every problem line `check` prints: where (a key path, or "invalid YAML at column N"), what,
+# and "(line N)".
+_PROBLEM_LINE = re.compile(r"^.+: .+ \(line \d+\)$")
+
+
+@settings(
+    deadline=None,
+    max_examples=100,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(text=mutated_example())
+def test_check_on_a_mutated_example_exits_0_or_2_naming_each_problem(
+    tmp_path: Path,
+    example_environ: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+) -> None:
+    """`akeeba-backupd check` on a randomly edited example never crashes: exit 0 with an OK
+    line, or exit 2 listing each problem with its key path and line, and the file's name."""
+    for name, value in example_environ.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "fuzzed.yaml"
+    path.write_text(text)
+    capsys.readouterr()
+    code = cli.main(["check", "--config", str(path)])
+    out, err = capsys.readouterr()
+    assert code in (EXIT_OK, EXIT_CONFIG), (code, out, err)
+    if code == EXIT_OK:
+        assert out.startswith(f"{path}: OK")
+        return
+    *problems, summary = err.strip().split("\n")
+    assert summary.startswith(f"akeeba-backupd: {path}: ")
+    assert problems
+    for problem in problems:
+        assert _PROBLEM_LINE.match(problem), problem
+    assert_no_secret(err)
