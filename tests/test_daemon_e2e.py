@@ -627,21 +627,55 @@ def test_restart_keeps_pauses_and_the_last_success(
     assert [run["outcome"] for run in runs] == ["succeeded"]
 
 
+STOP_POINTS = {
+    # The start reply is still on its way: the run is on disk with no backupid yet, and the
+    # next process must find the backup by its tag.
+    "during-start": lambda site: site["start_count"] == 1 and site["step_count"] == 0,
+    "mid-run": lambda site: site["step_count"] == 2,
+    # The last step is running on the server: it completes the backup while nobody listens.
+    "during-last-step": lambda site: site["step_count"] == RESUME_STEPS,
+}
+RESUME_STEPS = 4
+
+
+@pytest.mark.parametrize("point", list(STOP_POINTS))
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_run_stopped_mid_way_resumes_after_restart(
-    simulator: SimulatorProcess, tmp_path: Path, launch: Launch, signum: signal.Signals
+    simulator: SimulatorProcess,
+    tmp_path: Path,
+    launch: Launch,
+    signum: signal.Signals,
+    point: str,
 ) -> None:
-    """A backup suspended by SIGTERM, or cut by SIGKILL (its step maybe still executing on the
-    server), is continued by the next process with the same backupid: one startBackup on the
-    server, one completed backup, one succeeded run, never two steps at once."""
-    name, first = _slow_run_under_way(simulator, tmp_path, launch, steps=12, step_seconds=0.2)
+    """A backup suspended by SIGTERM, or cut by SIGKILL (its call maybe still executing on the
+    server), at the start, mid-run or in its last step, is finished by the next process: one
+    startBackup on the server, one completed backup, one succeeded run, never two steps at once.
+    """
+    name = simulator.take()
+    # Every call (the start too) takes a second on the server, so each point lasts long enough
+    # to be caught.
+    simulator.set_settings(name, steps=RESUME_STEPS, step_seconds=1.0)
+    port = free_port()
+    path = write_config(
+        tmp_path / "config.yaml",
+        config_document(port, [SiteEntry("slow", simulator.site_url(name))]),
+    )
+    first = launch(path, port)
+    first.trigger("slow", "nightly")
+    wait_until(
+        lambda: STOP_POINTS[point](simulator.summary(name)), f"the run {point}", context=first.logs
+    )
     first.send_signal(signum)
     assert first.wait() == (0 if signum == signal.SIGTERM else -signal.SIGKILL)
-    assert simulator.summary(name)["completed_backups"] == 0
+    if point != "during-last-step":
+        assert simulator.summary(name)["completed_backups"] == 0
 
     second = launch(first.config_path, first.port)
     second.wait_for_sample("akeeba_backup_runs_total", 1, site="slow", schedule="nightly")
-    assert second.sample("akeeba_backup_last_status", site="slow", schedule="nightly") == 1
+    assert second.sample("akeeba_backup_last_status", site="slow", schedule="nightly") == 1, (
+        second.logs()
+    )
+    assert second.sample("akeeba_backup_running", site="slow", schedule="nightly") == 0
     site = simulator.summary(name)
     assert site["start_count"] == 1
     assert site["completed_backups"] == 1
