@@ -75,6 +75,9 @@ class Harness:
                 await asyncio.sleep(0.01)
 
 
+RUN_TIMEOUT_SECONDS = 5400.0
+
+
 def config_text(tmp_path: Path, simulator: Simulator, sites: list[tuple[str, list[str]]]) -> str:
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
@@ -83,7 +86,11 @@ def config_text(tmp_path: Path, simulator: Simulator, sites: list[tuple[str, lis
         "listen": "127.0.0.1:0",
         "state_dir": str(tmp_path),
         "api_token_file": str(token),
-        "defaults": {"retry_backoff": "0s", "request_timeout": "5s"},
+        "defaults": {
+            "retry_backoff": "0s",
+            "request_timeout": "5s",
+            "run_timeout": f"{RUN_TIMEOUT_SECONDS:g}s",
+        },
         "sites": [
             {
                 "name": name,
@@ -148,6 +155,7 @@ async def test_counters_exist_from_the_start(harness: Harness) -> None:
     assert harness.sample("akeeba_backup_warnings_total", **labels) == 0
     assert harness.sample("akeeba_backup_running", **labels) == 0
     assert harness.sample("akeeba_backup_expected_interval_seconds", **labels) == 86400
+    assert harness.sample("akeeba_backup_run_timeout_seconds", **labels) == RUN_TIMEOUT_SECONDS
     assert (harness.sample("akeeba_backup_next_run_timestamp_seconds", **labels) or 0) > 0
     assert harness.sample("akeeba_backup_last_status", **labels) is None
     assert harness.sample("akeeba_backupd_config_last_reload_successful") == 1

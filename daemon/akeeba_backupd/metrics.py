@@ -140,6 +140,10 @@ class FleetCollector(Collector):
         interval = gauge(
             "akeeba_backup_expected_interval_seconds", "Longest gap between fire times"
         )
+        run_timeout = gauge(
+            "akeeba_backup_run_timeout_seconds",
+            "The schedule's run_timeout (the stale rule allows a run this long after a fire)",
+        )
         paused = gauge("akeeba_backup_paused", "1 when the schedule is paused")
         queued = gauge("akeeba_backup_queued", "1 while due and waiting for a slot")
 
@@ -190,6 +194,7 @@ class FleetCollector(Collector):
                 next_run.add_metric(labels, _seconds(entry.next_due_at))
             if entry.expected_interval_seconds:
                 interval.add_metric(labels, entry.expected_interval_seconds)
+            run_timeout.add_metric(labels, entry.schedule.settings.run_timeout_seconds)
 
         yield from (
             running,
@@ -214,6 +219,7 @@ class FleetCollector(Collector):
             archive_size,
             next_run,
             interval,
+            run_timeout,
             paused,
             queued,
         )
