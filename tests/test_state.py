@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,30 @@ async def test_an_unusable_directory_leaves_the_store_in_memory(tmp_path: Path) 
     store.set_paused("shop", "nightly", True)
     await store.flush()
     await store.close()
+
+
+async def test_a_locked_file_keeps_writes_in_memory_until_it_is_free(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another process holding the write lock: the commit fails after the busy timeout, is
+    logged, counted and named in ``problem``, the writes wait in memory, and the next try
+    once the lock is gone commits them."""
+    store = StateStore(tmp_path, busy_timeout_seconds=0.1, reopen_interval_seconds=0.0)
+    store.open()
+    other = sqlite3.connect(tmp_path / STATE_FILE_NAME, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        store.set_paused("shop", "nightly", True)
+        with caplog.at_level(logging.ERROR):
+            await store.flush()
+        assert store.problem is not None
+        assert "locked" in store.problem
+        assert store.errors_total >= 1
+        assert any("STATE STORE UNAVAILABLE" in r.getMessage() for r in caplog.records)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await store.flush()
+    assert store.problem is None
+    await store.close()
+    assert StateStore(tmp_path).open().pauses == {("shop", "nightly")}

@@ -41,6 +41,9 @@ STATE_FILE_NAME: Final = "state.db"
 REOPEN_INTERVAL_SECONDS: Final = 60.0
 """How often an unavailable store is tried again."""
 
+BUSY_TIMEOUT_SECONDS: Final = 5.0
+"""How long a write waits for a lock held by another process (sqlite3 rolls back after)."""
+
 ScheduleKey = tuple[str, str]
 
 # Each entry moves the schema one version up; never edit a released one, append a new one.
@@ -274,8 +277,21 @@ class _Pending:
 class StateStore:
     """The SQLite state file of one daemon."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        busy_timeout_seconds: float = BUSY_TIMEOUT_SECONDS,
+        reopen_interval_seconds: float = REOPEN_INTERVAL_SECONDS,
+    ) -> None:
+        """Keep state in ``state_dir``; nothing is read or written before :meth:`open`.
+
+        ``busy_timeout_seconds`` is how long a write waits for a lock another process holds;
+        ``reopen_interval_seconds`` how often an unavailable store is tried again.
+        """
         self.path = state_dir / STATE_FILE_NAME
+        self._busy_timeout_seconds = busy_timeout_seconds
+        self._reopen_interval_seconds = reopen_interval_seconds
         self.errors_total = 0
         self.problem: str | None = None
         """Why the store is not persisting right now (None while it works)."""
@@ -331,7 +347,10 @@ class StateStore:
 
     def _try_connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(
-            self.path, timeout=5.0, isolation_level=None, check_same_thread=False
+            self.path,
+            timeout=self._busy_timeout_seconds,
+            isolation_level=None,
+            check_same_thread=False,
         )
         try:
             connection.execute("PRAGMA journal_mode=WAL")
@@ -514,11 +533,11 @@ class StateStore:
             await self.flush()
             if self.problem is not None:
                 # Back off while the store is broken; writes keep coalescing in memory.
-                await _sleep_real(REOPEN_INTERVAL_SECONDS)
+                await _sleep_real(self._reopen_interval_seconds)
 
     def _reopen(self) -> bool:
         loop_time = asyncio.get_running_loop().time()
-        if loop_time - self._last_open_attempt < REOPEN_INTERVAL_SECONDS:
+        if loop_time - self._last_open_attempt < self._reopen_interval_seconds:
             return False
         self._last_open_attempt = loop_time
         try:
