@@ -7,12 +7,12 @@ whenever one is configured (the config refuses a non-loopback listener without o
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-import html
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -21,6 +21,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from akeeba_backupd import __version__
 from akeeba_backupd.scheduler import ScheduleEntry, SchedulerError, ScheduleState
 from akeeba_backupd.status import FinishedRun
+from akeeba_backupd.status_page import render_status_page
 
 RUNS_LIMIT_DEFAULT = 50
 RUNS_LIMIT_MAX = 1000
@@ -100,6 +101,23 @@ async def _json_errors(
         return await handler(request)
     except SchedulerError as error:
         return _error(error.status, str(error))
+    except web.HTTPException as error:
+        # aiohttp's own answers (no such route, wrong method) are plain text; the API's
+        # clients expect JSON with a message, so say what was wrong in JSON there.
+        if error.status < 400 or not request.path.startswith("/api/"):
+            raise
+        headers = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+        return web.json_response(
+            {"error": _route_error(error, request)}, status=error.status, headers=headers
+        )
+
+
+def _route_error(error: web.HTTPException, request: web.Request) -> str:
+    if error.status == 404:
+        return f"no such endpoint: {request.method} {request.path}"
+    if error.status == 405:
+        return f"{request.method} is not allowed on {request.path}"
+    return error.reason
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -214,9 +232,11 @@ def _authorised(backend: Backend, request: web.Request) -> bool:
         return True
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        value.strip().encode(), token.encode()
-    )
+    # aiohttp hands undecodable header bytes over as surrogates: encode them back rather than
+    # fail. Comparing digests keeps the comparison constant-time in the token's length too.
+    presented = hashlib.sha256(value.strip().encode("utf-8", "surrogateescape")).digest()
+    expected = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented, expected)
 
 
 async def _action(backend: Backend, request: web.Request) -> web.Response:
@@ -258,105 +278,22 @@ def _dumps(value: Any) -> str:
 
 # --- the status page -------------------------------------------------------------------------
 
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
+_PAGE_HEADERS: Final = {
+    # The page has no script and only an inline style sheet: forbid everything else, so even a
+    # value that escaped escaping could not run or fetch anything.
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 async def _status_page(backend: Backend, request: web.Request) -> web.Response:
-    now = backend.now()
+    """Serve the status page: read-only, no token needed (GET)."""
     entries = list(backend.schedule_entries())
-
-    def age_of(entry: ScheduleEntry) -> float:
-        last = entry.stats.last_success_at
-        return float("inf") if last is None else (now - last).total_seconds()
-
-    entries.sort(key=age_of, reverse=True)
-    running = [entry for entry in entries if entry.state is ScheduleState.RUNNING]
-    failures = sorted(
-        (run for entry in entries for run in entry.stats.history if run.outcome == "failed"),
-        key=lambda run: run.finished_at,
-        reverse=True,
-    )[:20]
-    esc = html.escape
-    rows = []
-    for entry in entries:
-        stats = entry.stats
-        age = age_of(entry)
-        interval = entry.expected_interval_seconds or 0.0
-        stale = age == float("inf") or (interval and age > 1.25 * interval)
-        status_text = (
-            "never run"
-            if stats.last_status is None
-            else ("ok" if stats.last_status else f"failed ({stats.last_failure_reason})")
-        )
-        css = "bad" if stats.last_status is False else ("warn" if stale else "ok")
-        rows.append(
-            f"<tr class={css}><td>{esc(entry.site.name)}</td><td>{esc(entry.schedule.name)}</td>"
-            f"<td>{esc(_age(None if age == float('inf') else age))}</td>"
-            f"<td>{esc(_age(interval or None))}</td><td>{esc(status_text)}</td>"
-            f"<td>{esc(entry.state.value)}{' (paused)' if entry.paused else ''}</td>"
-            f"<td>{esc(_iso(entry.next_due_at) or '')}</td></tr>"
-        )
-    run_rows = []
-    for entry in running:
-        live = entry.stats.live
-        if live is None:
-            continue
-        run_rows.append(
-            f"<tr><td>{esc(entry.site.name)}/{esc(entry.schedule.name)}</td>"
-            f"<td><progress max=100 value={live.progress_percent}></progress> "
-            f"{live.progress_percent}%</td><td>{live.step_number}</td>"
-            f"<td>{esc(live.domain)}</td>"
-            f"<td>{esc(_age((now - live.started_at).total_seconds()))}</td></tr>"
-        )
-    failure_rows = [
-        f"<tr><td>{esc(_iso(run.finished_at) or '')}</td>"
-        f"<td>{esc(run.site)}/{esc(run.schedule)}</td>"
-        f"<td>{esc(run.reason or '')}</td><td>{esc(run.message)}</td></tr>"
-        for run in failures
-    ]
-    page = _PAGE.format(
-        version=esc(__version__),
-        now=esc(_iso(now) or ""),
-        count=len(entries),
-        running=len(running),
-        rows="\n".join(rows) or "<tr><td colspan=7>no schedules</td></tr>",
-        run_rows="\n".join(run_rows) or "<tr><td colspan=5>none</td></tr>",
-        failure_rows="\n".join(failure_rows) or "<tr><td colspan=4>none</td></tr>",
-    )
-    return web.Response(text=page, content_type="text/html")
-
-
-_PAGE = """<!doctype html>
-<html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=10>
-<title>akeeba-backupd</title>
-<style>
-body{{font:14px system-ui,sans-serif;margin:1.5em;color:#222}}
-table{{border-collapse:collapse;margin-bottom:1.5em}}
-td,th{{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left}}
-tr.bad td{{background:#fde2e2}} tr.warn td{{background:#fff4d6}}
-small{{color:#666}}
-</style></head><body>
-<h1>akeeba-backupd <small>{version}</small></h1>
-<p>{count} schedules, {running} running. <small>As of {now}; refreshes every 10 s.
-<a href="/metrics">/metrics</a> · <a href="/api/v1/schedules">/api/v1/schedules</a> ·
-<a href="/api/v1/runs">/api/v1/runs</a></small></p>
-<h2>Running backups</h2>
-<table><tr><th>schedule</th><th>progress</th><th>step</th><th>phase</th><th>running for</th></tr>
-{run_rows}</table>
-<h2>Fleet, oldest backup first</h2>
-<table><tr><th>site</th><th>schedule</th><th>last success</th><th>expected every</th>
-<th>last status</th><th>state</th><th>next run</th></tr>
-{rows}</table>
-<h2>Recent failures</h2>
-<table><tr><th>when</th><th>schedule</th><th>reason</th><th>message</th></tr>
-{failure_rows}</table>
-</body></html>
-"""
+    runs = [run for entry in entries for run in entry.stats.history]
+    page = render_status_page(entries, runs, backend.now(), version=__version__)
+    return web.Response(text=page, content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS)
