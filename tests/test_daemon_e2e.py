@@ -732,3 +732,35 @@ def test_a_fire_missed_while_down_follows_the_misfire_policy(
         1 - expected_starts
     )
     assert simulator.summary(name)["start_count"] == expected_starts
+
+
+def test_a_backup_lost_on_the_server_while_down_is_settled_as_interrupted(
+    simulator: SimulatorProcess, tmp_path: Path, launch: Launch
+) -> None:
+    """SIGKILL mid-run; while the daemon is down someone starts another backup on the site,
+    which kills ours. The restarted daemon's resume step gets an error, the server's record is
+    not complete, so the run fails with reason interrupted, and no second backup is started."""
+    name = simulator.take()
+    simulator.set_settings(name, steps=RESUME_STEPS, step_seconds=1.0)
+    port = free_port()
+    path = write_config(
+        tmp_path / "config.yaml",
+        config_document(port, [SiteEntry("slow", simulator.site_url(name))]),
+    )
+    first = launch(path, port)
+    first.trigger("slow", "nightly")
+    wait_until(lambda: simulator.summary(name)["step_count"] == 2, "the run two steps in")
+    first.send_signal(signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL
+    simulator.set_faults(name, foreign_start_at_step=3)
+
+    second = launch(path, port)
+    labels = {"site": "slow", "schedule": "nightly"}
+    second.wait_for_sample("akeeba_backup_runs_total", 1, **labels)
+    assert second.sample("akeeba_backup_last_status", **labels) == 0
+    assert second.sample("akeeba_backup_last_failure_reason", reason="interrupted", **labels) == 1
+    site = simulator.summary(name)
+    assert site["start_count"] == 1
+    assert site["foreign_starts"] == 1
+    assert site["completed_backups"] == 0
+    assert site["concurrent_step_violations"] == 0
