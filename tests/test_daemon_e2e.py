@@ -392,9 +392,12 @@ def _slow_run_under_way(
     *,
     steps: int,
     step_seconds: float,
+    until: Callable[[dict[str, Any]], bool] = lambda site: site["step_count"] >= 2,
+    what: str = "the run to be a few steps in",
 ) -> tuple[str, DaemonProcess]:
     """Start a daemon backing up a fresh slow site ``slow/nightly`` (config in ``tmp_path``),
-    run it now, and return (simulated site name, daemon) once two steps have run."""
+    run it now, and return (simulated site name, daemon) once ``until`` holds for the
+    simulator's summary of the site (by default: two steps have run)."""
     name = simulator.take()
     simulator.set_settings(name, steps=steps, step_seconds=step_seconds)
     port = free_port()
@@ -404,11 +407,7 @@ def _slow_run_under_way(
     )
     daemon = launch(path, port)
     daemon.trigger("slow", "nightly")
-    wait_until(
-        lambda: simulator.summary(name)["step_count"] >= 2,
-        "the run to be a few steps in",
-        context=daemon.logs,
-    )
+    wait_until(lambda: until(simulator.summary(name)), what, context=daemon.logs)
     return name, daemon
 
 
@@ -651,19 +650,16 @@ def test_run_stopped_mid_way_resumes_after_restart(
     server), at the start, mid-run or in its last step, is finished by the next process: one
     startBackup on the server, one completed backup, one succeeded run, never two steps at once.
     """
-    name = simulator.take()
     # Every call (the start too) takes a second on the server, so each point lasts long enough
     # to be caught.
-    simulator.set_settings(name, steps=RESUME_STEPS, step_seconds=1.0)
-    port = free_port()
-    path = write_config(
-        tmp_path / "config.yaml",
-        config_document(port, [SiteEntry("slow", simulator.site_url(name))]),
-    )
-    first = launch(path, port)
-    first.trigger("slow", "nightly")
-    wait_until(
-        lambda: STOP_POINTS[point](simulator.summary(name)), f"the run {point}", context=first.logs
+    name, first = _slow_run_under_way(
+        simulator,
+        tmp_path,
+        launch,
+        steps=RESUME_STEPS,
+        step_seconds=1.0,
+        until=STOP_POINTS[point],
+        what=f"the run {point}",
     )
     first.send_signal(signum)
     assert first.wait() == (0 if signum == signal.SIGTERM else -signal.SIGKILL)
@@ -740,21 +736,15 @@ def test_a_backup_lost_on_the_server_while_down_is_settled_as_interrupted(
     """SIGKILL mid-run; while the daemon is down someone starts another backup on the site,
     which kills ours. The restarted daemon's resume step gets an error, the server's record is
     not complete, so the run fails with reason interrupted, and no second backup is started."""
-    name = simulator.take()
-    simulator.set_settings(name, steps=RESUME_STEPS, step_seconds=1.0)
-    port = free_port()
-    path = write_config(
-        tmp_path / "config.yaml",
-        config_document(port, [SiteEntry("slow", simulator.site_url(name))]),
+    name, first = _slow_run_under_way(
+        simulator, tmp_path, launch, steps=RESUME_STEPS, step_seconds=1.0
     )
-    first = launch(path, port)
-    first.trigger("slow", "nightly")
-    wait_until(lambda: simulator.summary(name)["step_count"] == 2, "the run two steps in")
     first.send_signal(signal.SIGKILL)
     assert first.wait() == -signal.SIGKILL
+    assert simulator.summary(name)["step_count"] == 2  # the next one is step 3
     simulator.set_faults(name, foreign_start_at_step=3)
 
-    second = launch(path, port)
+    second = launch(first.config_path, first.port)
     labels = {"site": "slow", "schedule": "nightly"}
     second.wait_for_sample("akeeba_backup_runs_total", 1, **labels)
     assert second.sample("akeeba_backup_last_status", **labels) == 0
