@@ -508,18 +508,22 @@ def test_the_promql_checks_can_fail(tmp_path: Path) -> None:
     )
 
 
-# Five schedules at 01:00 after the epoch (promtool's clock): each stat should count exactly the
+# Six schedules at 01:00 after the epoch (promtool's clock): each stat should count exactly the
 # ones named in its comment.
 FLEET_SERIES = {
-    # site: (last success, expected interval, last status, consecutive failures, running)
-    "ok": (2700, 3600, 1, 0, 0),  # age 900 s of a 3600 s interval: OK, ratio 0.25
-    "stale": (0, 2000, 1, 0, 0),  # age 3600 s > 1.25 x 2000 s: stale, ratio 1.8
-    "failing": (2700, 3600, 0, 1, 0),  # fresh, but its last run failed: failing, ratio 0.25
-    "failing2": (None, 3600, 0, 3, 0),  # failed 3 times, never succeeded: failing, no success
-    "new": (None, 3600, None, 0, 1),  # running its first backup: running, no success yet
+    # site: (last success, expected interval, run timeout, last status, consecutive failures,
+    # running)
+    "ok": (2700, 3600, 300, 1, 0, 0),  # age 900 s of a 3600 s interval: OK, ratio 0.25
+    # age 3600 s > 1.25 x 2000 s + 300 s: stale, ratio 1.8
+    "stale": (0, 2000, 300, 1, 0, 0),
+    # age 3300 s, but within 1.25 x 2000 s + 1000 s: not stale yet, ratio 1.65
+    "overdue": (300, 2000, 1000, 1, 0, 0),
+    "failing": (2700, 3600, 300, 0, 1, 0),  # fresh, but its last run failed: ratio 0.25
+    "failing2": (None, 3600, 300, 0, 3, 0),  # failed 3 times, never succeeded: no success
+    "new": (None, 3600, 300, None, 0, 1),  # running its first backup: no success yet
 }
-FLEET_STATS = {"OK": 1, "Stale": 1, "Failing": 2, "No success yet": 2, "Running": 1}
-FLEET_RATIOS = {"ok": 0.25, "stale": 1.8, "failing": 0.25}
+FLEET_STATS = {"OK": 2, "Stale": 1, "Failing": 2, "No success yet": 2, "Running": 1}
+FLEET_RATIOS = {"ok": 0.25, "stale": 1.8, "overdue": 1.65, "failing": 0.25}
 
 
 def fleet_input_series() -> list[dict[str, str]]:
@@ -527,6 +531,7 @@ def fleet_input_series() -> list[dict[str, str]]:
     metrics = (
         "akeeba_backup_last_success_timestamp_seconds",
         "akeeba_backup_expected_interval_seconds",
+        "akeeba_backup_run_timeout_seconds",
         "akeeba_backup_last_status",
         "akeeba_backup_consecutive_failures",
         "akeeba_backup_running",
