@@ -6,7 +6,8 @@ Exit codes (also in the README):
 - 1: a runtime failure (the listener could not bind, a probe or backup failed, the daemon's API
   answered with an error);
 - 2: a usage or configuration error (every problem is printed first, one per line);
-- 3: the running daemon could not be reached (``status``, ``trigger``, ``pause``, ``resume``).
+- 3: the running daemon could not be reached (``status``, ``trigger``, ``pause``, ``resume``,
+  ``cancel``).
 
 Operator mistakes get one line on stderr, never a traceback.
 """
