@@ -67,9 +67,9 @@ async def test_a_locked_file_keeps_writes_in_memory_until_it_is_free(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Another process holding the write lock: the commit fails after the busy timeout, is
-    logged, counted and named in ``problem``, the writes wait in memory, and the next try
-    once the lock is gone commits them."""
-    store = StateStore(tmp_path, busy_timeout_seconds=0.1, reopen_interval_seconds=0.0)
+    logged, counted and named in ``problem``; writes queued meanwhile, and flushes within the
+    reopen interval, keep them in memory; once the lock is gone they reach the file."""
+    store = StateStore(tmp_path, busy_timeout_seconds=0.1)
     store.open()
     other = sqlite3.connect(tmp_path / STATE_FILE_NAME, isolation_level=None)
     try:
@@ -81,13 +81,31 @@ async def test_a_locked_file_keeps_writes_in_memory_until_it_is_free(
         assert "locked" in store.problem
         assert store.errors_total >= 1
         assert any("STATE STORE UNAVAILABLE" in r.getMessage() for r in caplog.records)
+        store.set_paused("shop", "weekly", True)
+        await store.flush()  # within the reopen interval: not tried, and nothing dropped
     finally:
         other.execute("ROLLBACK")
         other.close()
+    await store.close()
+    assert _problem(store) is None
+    assert StateStore(tmp_path).open().pauses == {("shop", "nightly"), ("shop", "weekly")}
+
+
+async def test_writes_are_committed_by_the_next_try_after_the_interval(tmp_path: Path) -> None:
+    """With no reopen interval, the next flush after the lock is gone commits at once."""
+    store = StateStore(tmp_path, busy_timeout_seconds=0.1, reopen_interval_seconds=0.0)
+    store.open()
+    other = sqlite3.connect(tmp_path / STATE_FILE_NAME, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    store.set_paused("shop", "nightly", True)
+    await store.flush()
+    assert store.problem is not None
+    other.execute("ROLLBACK")
+    other.close()
     await store.flush()
     assert _problem(store) is None
-    await store.close()
     assert StateStore(tmp_path).open().pauses == {("shop", "nightly")}
+    await store.close()
 
 
 def _problem(store: StateStore) -> str | None:

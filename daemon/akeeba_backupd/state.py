@@ -301,6 +301,7 @@ class StateStore:
         self._writer: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
         self._last_open_attempt = 0.0
+        self._opened_once = False
         self._commit_in_thread: asyncio.Future[None] | None = None
 
     # --- opening ----------------------------------------------------------------------------
@@ -315,6 +316,7 @@ class StateStore:
         except StateError as error:
             self._fail(str(error))
             return LoadedState()
+        self._opened_once = True
         try:
             return self._load()
         except sqlite3.Error as error:
@@ -493,20 +495,27 @@ class StateStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
-        await self.flush()
+        # Last chance for what is queued: try the file again even within the reopen interval.
+        await self.flush(retry_now=True)
         if self._commit_in_thread is not None and not self._commit_in_thread.done():
             await asyncio.wait([self._commit_in_thread])
         if self._connection is not None:
             self._connection.close()
             self._connection = None
 
-    async def flush(self) -> None:
-        """Commit every queued write now."""
+    async def flush(self, *, retry_now: bool = False) -> None:
+        """Commit every queued write now.
+
+        While the file is unavailable the writes stay queued (coalesced) for the next try, at
+        most once per reopen interval unless ``retry_now``; they are dropped only by a store
+        that never had a file open, which has nothing to add them to.
+        """
         async with self._write_lock:
             if self._pending.empty():
                 return
-            if self._connection is None and not self._reopen():
-                self._pending = _Pending()  # in memory only: nothing to keep them for
+            if self._connection is None and not self._reopen(retry_now=retry_now):
+                if not self._opened_once:
+                    self._pending = _Pending()
                 return
             batch, self._pending = self._pending, _Pending()
             commit = asyncio.ensure_future(asyncio.to_thread(self._commit, batch))
@@ -535,9 +544,9 @@ class StateStore:
                 # Back off while the store is broken; writes keep coalescing in memory.
                 await _sleep_real(self._reopen_interval_seconds)
 
-    def _reopen(self) -> bool:
+    def _reopen(self, *, retry_now: bool = False) -> bool:
         loop_time = asyncio.get_running_loop().time()
-        if loop_time - self._last_open_attempt < self._reopen_interval_seconds:
+        if not retry_now and loop_time - self._last_open_attempt < self._reopen_interval_seconds:
             return False
         self._last_open_attempt = loop_time
         try:
@@ -545,6 +554,7 @@ class StateStore:
         except StateError as error:
             self._fail(str(error))
             return False
+        self._opened_once = True
         return True
 
     def _merge_back(self, batch: _Pending) -> None:
