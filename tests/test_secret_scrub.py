@@ -187,7 +187,9 @@ def test_a_secret_that_is_not_utf8_does_not_crash() -> None:
     [
         ("http://example.org/x", "https://example.org/y", True),  # upgrade to https
         ("https://example.org/x", "https://EXAMPLE.org/y?a=1", True),
-        ("http://example.org/x", "http://example.org:8080/y", True),  # same host, other port
+        ("http://example.org/x", "http://example.org:80/y", True),  # the same port, spelt out
+        ("http://example.org/x", "http://example.org:8080/y", False),  # another service maybe
+        ("http://example.org:8080/x", "https://example.org:8443/y", False),
         ("https://example.org/x", "http://example.org/y", False),  # downgrade: secret in clear
         ("https://example.org/x", "https://www.example.org/y", False),
         ("https://example.org/x", "https://sso.example.com/login", False),
@@ -199,7 +201,41 @@ def test_redirects_are_followed_only_on_the_same_host(
 ) -> None:
     """The secret rides in a header aiohttp would forward: only same-host redirects are taken."""
     if followed:
-        _check_same_site(URL(current), URL(target), "getVersion")
+        _check_same_site(URL(current), URL(target), "getVersion", 302)
     else:
         with pytest.raises(HttpError, match="not followed"):
-            _check_same_site(URL(current), URL(target), "getVersion")
+            _check_same_site(URL(current), URL(target), "getVersion", 302)
+
+
+async def test_an_error_after_a_redirect_is_judged_by_its_final_status() -> None:
+    """A redirect followed to a gateway timeout is a retryable 504, named as a redirect."""
+
+    async def handle(request: web.Request) -> web.Response:
+        if "hop" not in request.query:
+            return web.Response(status=302, headers={"Location": "/index.php?hop=1"})
+        body = "<html><head><title>504 Gateway Time-out</title></head></html>"
+        return web.Response(status=504, text=body, content_type="text/html")
+
+    async with echo_client(handle) as client:
+        with pytest.raises(HttpError) as caught:
+            await client.get_version()
+    assert caught.value.http_status == 504
+    assert caught.value.retryable
+    assert "HTTP 302 redirect to" in caught.value.message
+    assert "504 Gateway Time-out" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "location", ["http://[::1/x", "http://example.org:99999/", "http://xn--a.b/"]
+)
+async def test_a_redirect_to_an_invalid_location_is_a_bad_response(location: str) -> None:
+    """A Location that is no URL ends in bad_response, not in an exception of another kind."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": location})
+
+    async with echo_client(handle) as client:
+        with pytest.raises(AkeebaError) as caught:
+            await client.get_version()
+    assert caught.value.reason is FailureReason.BAD_RESPONSE
+    assert "invalid Location" in caught.value.message

@@ -192,13 +192,13 @@ class AkeebaClient:
                         ssl=self._ssl,
                         allow_redirects=False,
                     ) as response:
-                        target = _redirect_target(response)
+                        target = _redirect_target(response, where)
                         if target is None:
                             body = await _read_capped(response, settings.max_body_bytes, where)
                             http_status = response.status
                             reason = response.reason or ""
                             break
-                        _check_same_site(url, target, where)
+                        _check_same_site(url, target, where, response.status)
                         if redirected_by is None:
                             redirected_by = (response.status, target)
                         if response.status == 303 or (
@@ -222,13 +222,14 @@ class AkeebaClient:
             return decode_reply(self.endpoint, text, self._secret)
         except BadResponseError:
             if redirected_by is not None:
-                # A login or maintenance page reached through a redirect: report the redirect.
+                # A login or maintenance page reached through a redirect: report the redirect,
+                # but judge by the final status (a 504 after an https upgrade is still a 504).
                 first_status, first_target = redirected_by
                 raise HttpError(
                     f"{where}: HTTP {first_status} redirect to {_show_url(first_target)} "
                     f"ending in HTTP {http_status} "
                     f"({describe_body(text, self._secret.scrub)})",
-                    http_status=first_status,
+                    http_status=http_status,
                 ) from None
             raise HttpError(
                 f"{where}: HTTP {http_status} {reason} ({describe_body(text, self._secret.scrub)})",
@@ -236,27 +237,47 @@ class AkeebaClient:
             ) from None
 
 
-def _redirect_target(response: aiohttp.ClientResponse) -> URL | None:
-    """Return where a redirect points (resolved against the request), or None if it is none."""
+def _redirect_target(response: aiohttp.ClientResponse, where: str) -> URL | None:
+    """Return where a redirect points (resolved against the request), or None if it is none.
+
+    Raise BadResponseError for a ``Location`` that is no URL (bad IPv6 literal, port, name).
+    """
     if response.status not in _REDIRECT_STATUSES:
         return None
     location = response.headers.get("Location")
     if not location:
         return None
-    return response.url.join(URL(location))
+    try:
+        target = response.url.join(URL(location))
+        # yarl parses lazily: reading the host and port is what raises for bad ones.
+        if target.host is None or target.port is None:
+            raise ValueError(location)
+    except (ValueError, UnicodeError):
+        raise BadResponseError(
+            f"{where}: HTTP {response.status} redirect to an invalid Location"
+        ) from None
+    return target
 
 
-def _check_same_site(current: URL, target: URL, where: str) -> None:
-    """Refuse a redirect to another host: the secret travels in a header (or the query) that
-    aiohttp would forward to it. An upgrade to https on the same host is followed."""
+def _check_same_site(current: URL, target: URL, where: str, http_status: int) -> None:
+    """Refuse a redirect to another host or port: the secret travels in a header (or the
+    query) that aiohttp would forward to it. Followed: the same scheme, host and port, and the
+    upgrade from http on port 80 to https on port 443 of the same host."""
     same_host = (target.host or "").lower() == (current.host or "").lower()
-    if same_host and target.scheme in (current.scheme, "https"):
+    same_origin = target.scheme == current.scheme and target.port == current.port
+    upgrade = (current.scheme, current.port, target.scheme, target.port) == (
+        "http",
+        80,
+        "https",
+        443,
+    )
+    if same_host and (same_origin or upgrade):
         return
     raise HttpError(
-        f"{where}: redirected to {_show_url(target)}, another site or a downgrade to http; "
-        "not followed, so that the secret does not go there (set the site's url to the "
-        "address that answers directly)",
-        http_status=302,
+        f"{where}: redirected to {_show_url(target)}, another host or port or a downgrade to "
+        "http; not followed, so that the secret does not go there (set the site's url to "
+        "the address that answers directly)",
+        http_status=http_status,
     )
 
 
