@@ -20,7 +20,7 @@ from akeeba_backupd.run import (
     RunOutcome,
     RunResult,
 )
-from akeeba_backupd.scheduler import Scheduler, SchedulerError, ScheduleState
+from akeeba_backupd.scheduler import Scheduler, SchedulerError, ScheduleState, fire_timing
 from akeeba_backupd.state import LoadedState, SavedCheckpoint
 from akeeba_backupd.status import SkipReason
 from tests.sim_clock import START, SteppingClock
@@ -394,6 +394,62 @@ async def test_a_fire_missed_while_down_is_caught_up_at_restart(
     assert again is not None
     assert len(factory.times("a", "n")) == expected_catch_up
     assert again.stats.skipped_total[SkipReason.MISFIRE] == expected_misfires
+
+
+async def test_a_cron_changed_while_down_does_not_catch_up_on_the_new_timing(
+    tmp_path: Path, clock: SteppingClock, started: list[Scheduler]
+) -> None:
+    """The saved fire time belongs to the old cron: with another cron at restart, its fires
+    before the restart were never due, so none is caught up (timing applies from now)."""
+    old = write_config(tmp_path, [site("a", schedule("n", "0 2 * * *"))])
+    first = make(old, clock, FakeRunFactory(clock), started)
+    entry = first.entry("a", "n")
+    assert entry is not None
+    assert entry.last_fire_at is not None
+    restored = LoadedState(
+        last_fire_at={("a", "n"): entry.last_fire_at},
+        fire_timing={("a", "n"): fire_timing(entry.schedule)},
+    )
+    await first.stop(0.0)
+    clock.jump(3.5 * HOUR)  # down over 03:00, the new cron's fire
+    new = write_config(tmp_path, [site("a", schedule("n", "0 3 * * *"))])
+    factory = FakeRunFactory(clock)
+    second = Scheduler(new, clock, factory, restored=restored, max_idle_wait_seconds=DAY)
+    second.start()
+    started.append(second)
+    await clock.run_for(MINUTE)
+    assert factory.times("a", "n") == []
+    again = second.entry("a", "n")
+    assert again is not None
+    assert again.stats.skipped_total[SkipReason.MISFIRE] == 0
+    assert again.last_fire_at == START + timedelta(hours=3)  # the new baseline
+
+
+async def test_a_cron_changed_by_reload_is_tracked_from_the_reload(
+    tmp_path: Path, clock: SteppingClock, started: list[Scheduler]
+) -> None:
+    """Reloaded at 00:30 to fire at 00:15: that fire was before the reload, so a restart at
+    00:40 has nothing to catch up."""
+    config = write_config(tmp_path, [site("a", schedule("n", "0 5 * * *"))])
+    first = make(config, clock, FakeRunFactory(clock), started)
+    await clock.run_for(30 * MINUTE)
+    first.apply(write_config(tmp_path, [site("a", schedule("n", "15 0 * * *"))]))
+    entry = first.entry("a", "n")
+    assert entry is not None
+    assert entry.last_fire_at == START + timedelta(minutes=15)
+    restored = LoadedState(
+        last_fire_at={("a", "n"): entry.last_fire_at},
+        fire_timing={("a", "n"): fire_timing(entry.schedule)},
+    )
+    await first.stop(0.0)
+    clock.jump(10 * MINUTE)
+    factory = FakeRunFactory(clock)
+    reloaded = write_config(tmp_path, [site("a", schedule("n", "15 0 * * *"))])
+    second = Scheduler(reloaded, clock, factory, restored=restored, max_idle_wait_seconds=DAY)
+    second.start()
+    started.append(second)
+    await clock.run_for(MINUTE)
+    assert factory.times("a", "n") == []
 
 
 async def test_jitter_delays_within_bounds(

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from akeeba_backupd.state import STATE_FILE_NAME, StateStore
+from akeeba_backupd.state import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    STATE_FILE_NAME,
+    StateStore,
+    stats_to_json,
+)
+from akeeba_backupd.status import ScheduleStats
 
 
 async def test_pauses_survive_a_reopen(tmp_path: Path) -> None:
@@ -111,3 +119,31 @@ async def test_writes_are_committed_by_the_next_try_after_the_interval(tmp_path:
 def _problem(store: StateStore) -> str | None:
     # A call, so that mypy does not carry the narrowing from before the await across it.
     return store.problem
+
+
+async def test_a_schema_1_file_is_migrated_and_keeps_its_fire_times(tmp_path: Path) -> None:
+    """A file of the first release (no fire_timing column) opens, migrates to the current
+    schema, and keeps its last fire time, with no timing (taken as matching)."""
+    with sqlite3.connect(tmp_path / STATE_FILE_NAME) as db:
+        db.executescript(f"{MIGRATIONS[0]}\nPRAGMA user_version = 1;")
+        db.execute(
+            "INSERT INTO schedule_state (site, schedule, data, last_fire_at) VALUES (?, ?, ?, ?)",
+            ("shop", "nightly", stats_to_json(ScheduleStats("shop", "nightly")), 1_800_000_000.0),
+        )
+    store = StateStore(tmp_path)
+    loaded = store.open()
+    assert store.problem is None
+    assert loaded.last_fire_at[("shop", "nightly")].timestamp() == 1_800_000_000.0
+    assert loaded.fire_timing == {}
+    with sqlite3.connect(tmp_path / STATE_FILE_NAME) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+    store.start()
+    fired = datetime(2027, 1, 1, 2, 0, tzinfo=UTC)
+    store.save_stats(ScheduleStats("shop", "nightly"), fired, "0 2 * * * UTC")
+    await store.flush()
+    store.save_stats(ScheduleStats("shop", "nightly"), None, None)  # tallies only: keeps both
+    await store.close()
+    again = StateStore(tmp_path).open()
+    assert again.last_fire_at[("shop", "nightly")] == fired
+    assert again.fire_timing[("shop", "nightly")] == "0 2 * * * UTC"

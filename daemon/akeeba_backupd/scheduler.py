@@ -166,6 +166,12 @@ class _Due:
     generation: int = field(compare=False)
 
 
+def fire_timing(schedule: ScheduleConfig) -> str:
+    """Return what a schedule's fire times depend on (resolved cron, time zone), as saved
+    beside its last fire time to tell whether that time still belongs to the schedule."""
+    return f"{schedule.cron.resolved} {schedule.settings.timezone.key}"
+
+
 def make_run_id(fire_at: datetime, token: str | None = None) -> str:
     """Return a unique, sortable, human-readable run id such as ``20261204T021700-1a2b3c4d``."""
     return f"{fire_at:%Y%m%dT%H%M%S}-{token or secrets.token_hex(4)}"
@@ -221,7 +227,11 @@ class Scheduler:
                 kept = self._restored.stats.get(entry.key)
                 if kept is not None:
                     entry.stats = kept
-                entry.last_fire_at = self._restored.last_fire_at.get(entry.key)
+                kept_timing = self._restored.fire_timing.get(entry.key)
+                if kept_timing in (None, fire_timing(schedule)):
+                    # Measured against other timing (changed while down), the saved fire time
+                    # would make the new cron "miss" fires it never had: start afresh instead.
+                    entry.last_fire_at = self._restored.last_fire_at.get(entry.key)
                 entry.paused = entry.key in self._restored.pauses
 
     # --- reading -------------------------------------------------------------------------
@@ -495,6 +505,9 @@ class Scheduler:
             entry.site, entry.schedule = site, schedule
             if timing_changed:
                 self._reschedule(entry, now)
+                # Fires of the new timing before now were never due: only later ones can be
+                # missed (by a daemon down before the next fire).
+                self._mark_tracked(entry, now)
         self._wake()
         return added, removed, changed
 

@@ -47,7 +47,7 @@ from akeeba_backupd.run import (
     StepDone,
     WarningRaised,
 )
-from akeeba_backupd.scheduler import Run, ScheduleEntry, Scheduler, SchedulerError
+from akeeba_backupd.scheduler import Run, ScheduleEntry, Scheduler, SchedulerError, fire_timing
 from akeeba_backupd.state import SavedCheckpoint, StateStore
 from akeeba_backupd.status import FinishedRun, SiteInfo, SiteStatus
 from akeeba_backupd.systemd import Notifier, notifier_from_environment, run_watchdog
@@ -486,14 +486,17 @@ class Service:
 
     # --- the scheduler's listener: what the state store keeps ---------------------------
 
+    def _save_stats(self, entry: ScheduleEntry) -> None:
+        self._store.save_stats(entry.stats, entry.last_fire_at, fire_timing(entry.schedule))
+
     def fire_taken(self, entry: ScheduleEntry) -> None:
         """Persist the schedule's last fire time (for misfire handling after a restart)."""
-        self._store.save_stats(entry.stats, entry.last_fire_at)
+        self._save_stats(entry)
 
     def fire_skipped(self, entry: ScheduleEntry, skipped: FinishedRun) -> None:
         """Persist a skipped fire."""
         self._store.add_run(skipped)
-        self._store.save_stats(entry.stats, entry.last_fire_at)
+        self._save_stats(entry)
 
     def resume_dropped(self, saved: SavedCheckpoint) -> None:
         """Forget an in-flight run that will not be resumed."""
@@ -517,7 +520,7 @@ class Service:
             )
             if entry is not None and entry.stats.history:
                 self._store.add_run(entry.stats.history[0])
-                self._store.save_stats(entry.stats, entry.last_fire_at)
+                self._save_stats(entry)
 
     # --- seeding last successes from the sites' own backup lists ------------------------
 
@@ -566,7 +569,7 @@ class Service:
                 stats.last_success_seeded = True
                 if match.size_bytes:
                     stats.archive_size_bytes = match.size_bytes
-                self._store.save_stats(stats, entry.last_fire_at)
+                self._save_stats(entry)
                 log.info(
                     "%s/%s: last success seeded from the site's backup #%d",
                     site_name,

@@ -87,6 +87,11 @@ MIGRATIONS: Final = (
         PRIMARY KEY (site, schedule)
     );
     """,
+    # 2: what the last fire time was measured against (cron and time zone), so that a schedule
+    # whose timing changed while the daemon was down does not catch up on a fire it never had.
+    """
+    ALTER TABLE schedule_state ADD COLUMN fire_timing TEXT;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -109,6 +114,8 @@ class LoadedState:
 
     stats: dict[ScheduleKey, ScheduleStats] = field(default_factory=dict)
     last_fire_at: dict[ScheduleKey, datetime] = field(default_factory=dict)
+    fire_timing: dict[ScheduleKey, str] = field(default_factory=dict)
+    """The timing each ``last_fire_at`` belongs to (absent in files older than schema 2)."""
     inflight: list[SavedCheckpoint] = field(default_factory=list)
     pauses: set[ScheduleKey] = field(default_factory=set)
 
@@ -264,7 +271,7 @@ def checkpoint_from_json(text: str) -> Checkpoint:
 
 @dataclass(slots=True)
 class _Pending:
-    stats: dict[ScheduleKey, tuple[str, float | None]] = field(default_factory=dict)
+    stats: dict[ScheduleKey, tuple[str, float | None, str | None]] = field(default_factory=dict)
     runs: list[FinishedRun] = field(default_factory=list)
     checkpoints: dict[ScheduleKey, tuple[Checkpoint, float] | None] = field(default_factory=dict)
     pauses: dict[ScheduleKey, bool] = field(default_factory=dict)
@@ -388,8 +395,8 @@ class StateStore:
         assert self._connection is not None
         loaded = LoadedState()
         db = self._connection
-        for site, schedule, data, last_fire_at in db.execute(
-            "SELECT site, schedule, data, last_fire_at FROM schedule_state"
+        for site, schedule, data, last_fire_at, fire_timing in db.execute(
+            "SELECT site, schedule, data, last_fire_at, fire_timing FROM schedule_state"
         ):
             try:
                 loaded.stats[(site, schedule)] = stats_from_json(site, schedule, data)
@@ -400,6 +407,8 @@ class StateStore:
                 moment = _dt(last_fire_at)
                 assert moment is not None
                 loaded.last_fire_at[(site, schedule)] = moment
+                if fire_timing is not None:
+                    loaded.fire_timing[(site, schedule)] = fire_timing
         for row in db.execute(
             "SELECT site, schedule, run_id, outcome, reason, message, started_at, finished_at,"
             " duration_seconds, warnings, archive, archive_size_bytes, backup_record_id"
@@ -442,11 +451,18 @@ class StateStore:
 
     # --- queueing writes ------------------------------------------------------------------
 
-    def save_stats(self, stats: ScheduleStats, last_fire_at: datetime | None) -> None:
-        """Queue the tallies of one schedule (and the last fire time it took)."""
+    def save_stats(
+        self,
+        stats: ScheduleStats,
+        last_fire_at: datetime | None,
+        fire_timing: str | None = None,
+    ) -> None:
+        """Queue the tallies of one schedule, and the last fire time it took with the timing
+        (cron and time zone) that time belongs to."""
         self._pending.stats[(stats.site, stats.schedule)] = (
             stats_to_json(stats),
             _ts(last_fire_at),
+            fire_timing,
         )
         self._wakeup.set()
 
@@ -571,13 +587,15 @@ class StateStore:
         assert db is not None
         db.execute("BEGIN IMMEDIATE")
         try:
-            for (site, schedule), (data, last_fire_at) in batch.stats.items():
+            for (site, schedule), (data, last_fire_at, fire_timing) in batch.stats.items():
                 db.execute(
-                    "INSERT INTO schedule_state (site, schedule, data, last_fire_at)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT (site, schedule) DO UPDATE SET"
+                    "INSERT INTO schedule_state (site, schedule, data, last_fire_at, fire_timing)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (site, schedule) DO UPDATE SET"
                     " data = excluded.data,"
+                    " fire_timing = CASE WHEN excluded.last_fire_at IS NULL THEN fire_timing"
+                    " ELSE excluded.fire_timing END,"
                     " last_fire_at = coalesce(excluded.last_fire_at, last_fire_at)",
-                    (site, schedule, data, last_fire_at),
+                    (site, schedule, data, last_fire_at, fire_timing),
                 )
             touched: set[ScheduleKey] = set()
             for run in batch.runs:
