@@ -441,13 +441,16 @@ def test_documented_secret_file_resolves_to_the_loaded_credential(
         assert config.sites[0].secret.reveal() == "a-long-random-secret-word"
 
 
-def test_exec_start_pre_accepts_the_config(unit: Unit, prepared: Environment) -> None:
-    """ExecStartPre= as written (install and config paths swapped) is a command the CLI takes."""
-    config = write_config(prepared.etc, secret_file_examples(unit)[0], 0)
+def run_exec_start_pre(
+    unit: Unit, prepared: Environment, secret_file: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ExecStartPre= as written (install and config paths swapped) on a config whose one
+    site reads ``secret_file``, in the environment systemd would give it."""
+    config = write_config(prepared.etc, secret_file, 0)
     argv = with_config(
         with_console_script(command_argv(unit.one("Service", "ExecStartPre"))), config
     )
-    result = subprocess.run(
+    return subprocess.run(
         argv,
         env=prepared.environ(),
         stdin=subprocess.DEVNULL,
@@ -456,6 +459,11 @@ def test_exec_start_pre_accepts_the_config(unit: Unit, prepared: Environment) ->
         timeout=30,
         check=False,
     )
+
+
+def test_exec_start_pre_accepts_the_config(unit: Unit, prepared: Environment) -> None:
+    """ExecStartPre= as written (install and config paths swapped) is a command the CLI takes."""
+    result = run_exec_start_pre(unit, prepared, secret_file_examples(unit)[0])
     assert result.returncode == 0, result.stderr
     assert "OK: 1 site(s), 1 schedule(s)" in result.stdout
 
@@ -463,19 +471,7 @@ def test_exec_start_pre_accepts_the_config(unit: Unit, prepared: Environment) ->
 def test_exec_start_pre_fails_on_a_broken_config(unit: Unit, prepared: Environment) -> None:
     """A config whose credential is missing makes ExecStartPre fail with exit 2, which the
     unit's RestartPreventExitStatus= names."""
-    config = write_config(prepared.etc, "%d/secrets_no-such-site", 0)
-    argv = with_config(
-        with_console_script(command_argv(unit.one("Service", "ExecStartPre"))), config
-    )
-    result = subprocess.run(
-        argv,
-        env=prepared.environ(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_exec_start_pre(unit, prepared, "%d/secrets_no-such-site")
     assert result.returncode == 2
     assert "secrets_no-such-site does not exist" in result.stderr
 
