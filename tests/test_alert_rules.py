@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from akeeba_backupd.config import DEFAULT_LISTEN, parse_listen
 from tests.daemon_harness import (
@@ -38,7 +37,8 @@ from tests.daemon_harness import (
     free_port,
     write_config,
 )
-from tests.tools import require_tool
+from tests.exposition import Exposition
+from tests.tools import promtool
 
 pytestmark = pytest.mark.slow
 
@@ -51,9 +51,6 @@ GRAFANA_ALERTS = ROOT / "grafana" / "provisioning" / "alerting" / "akeeba-backup
 JOB = "akeeba-backupd"
 DATASOURCE_UID = "akeeba-prometheus"
 EXPRESSION_UID = "__expr__"
-TARGET_LABELS = frozenset({"job", "instance"})
-"""Labels Prometheus adds to every scraped series."""
-HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 THRESHOLD_OPERATORS = {"gt": ">", "lt": "<"}
 NO_DATA_STATES = {"Alerting", "NoData", "OK"}
 EXEC_ERROR_STATES = {"Alerting", "Error", "OK"}
@@ -67,11 +64,6 @@ TEMPLATE_LABEL = re.compile(r"\$labels\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def promtool() -> str:
-    """Return promtool's path; skip without it, but fail in CI, where it must be installed."""
-    return require_tool("promtool", "./scripts/test installs Debian's prometheus package")
 
 
 def run_promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -487,36 +479,6 @@ def test_the_grafana_equivalence_can_fail(tmp_path: Path) -> None:
 # --- the metrics a real daemon exports -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Exposition:
-    """What a daemon's /metrics declares: its series names, the labels of its samples and the
-    (name, site, schedule) of each sample."""
-
-    names: frozenset[str]
-    labels: frozenset[str]
-    samples: frozenset[tuple[str, str, str]]
-
-    @classmethod
-    def parse(cls, text: str) -> Exposition:
-        """Read a Prometheus text exposition: every ``# TYPE`` declares series even before it
-        has samples (a histogram's ``_bucket``/``_sum``/``_count``, never its bare name)."""
-        names: set[str] = set()
-        for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE):
-            if kind == "histogram":
-                names.update(name + suffix for suffix in HISTOGRAM_SUFFIXES)
-            else:
-                names.add(name)
-        samples = [
-            sample for family in text_string_to_metric_families(text) for sample in family.samples
-        ]
-        labels = {label for sample in samples for label in sample.labels}
-        sampled = {
-            (sample.name, sample.labels.get("site", ""), sample.labels.get("schedule", ""))
-            for sample in samples
-        }
-        return cls(frozenset(names), frozenset(labels | TARGET_LABELS), frozenset(sampled))
-
-
 @pytest.fixture(scope="module")
 def exposition(tmp_path_factory: pytest.TempPathFactory) -> Exposition:
     """The /metrics of a real daemon with one simulated site (no run needed: every family is
@@ -553,7 +515,7 @@ def test_every_metric_the_alerts_use_is_exported(exposition: Exposition) -> None
     """Every ``akeeba_*`` name in either file is a series the daemon declares."""
     used = set().union(*map(metric_names, all_alert_exprs()))
     assert "akeeba_backup_last_success_timestamp_seconds" in used  # the extraction works
-    assert used - exposition.names == set()
+    assert used - exposition.series_names() == set()
 
 
 def test_the_stale_threshold_series_are_there_from_the_start(exposition: Exposition) -> None:
@@ -564,7 +526,7 @@ def test_the_stale_threshold_series_are_there_from_the_start(exposition: Exposit
     threshold = {"akeeba_backup_expected_interval_seconds", "akeeba_backup_run_timeout_seconds"}
     assert threshold <= used
     for name in threshold:
-        assert (name, "shop", "nightly") in exposition.samples, name
+        assert (name, "shop", "nightly") in exposition.sampled, name
 
 
 def test_every_label_the_alerts_use_is_exported(exposition: Exposition) -> None:
@@ -572,7 +534,7 @@ def test_every_label_the_alerts_use_is_exported(exposition: Exposition) -> None:
     used = set().union(*map(grouping_labels, all_alert_exprs()))
     printed = {label for text in all_annotations() for label in TEMPLATE_LABEL.findall(text)}
     assert {"reason", "site", "schedule", "instance"} <= used | printed  # the extraction works
-    assert (used | printed) - exposition.labels == set()
+    assert (used | printed) - exposition.all_labels() == set()
 
 
 def test_the_metric_checks_can_fail() -> None:
@@ -585,14 +547,16 @@ def test_the_metric_checks_can_fail() -> None:
         "# TYPE akeeba_backup_duration_seconds histogram\n"
     )
     expr = 'akeeba_backup_runz_total + akeeba_backup_duration_seconds{job="akeeba_x"}'
-    assert metric_names(expr) - exposition.names == {
+    assert metric_names(expr) - exposition.series_names() == {
         "akeeba_backup_runz_total",
         "akeeba_backup_duration_seconds",
     }
-    assert "akeeba_backup_duration_seconds_bucket" in exposition.names
-    assert ("akeeba_backup_runs_total", "a", "b") in exposition.samples
-    assert ("akeeba_backup_duration_seconds_bucket", "a", "b") not in exposition.samples
-    assert grouping_labels("a * on(site, reazon) group_left(reason) b") - exposition.labels == {
+    assert "akeeba_backup_duration_seconds_bucket" in exposition.series_names()
+    assert ("akeeba_backup_runs_total", "a", "b") in exposition.sampled
+    assert ("akeeba_backup_duration_seconds_bucket", "a", "b") not in exposition.sampled
+    assert grouping_labels(
+        "a * on(site, reazon) group_left(reason) b"
+    ) - exposition.all_labels() == {
         "reazon",
         "reason",
     }

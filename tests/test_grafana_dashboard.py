@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_harness import (
     DaemonProcess,
@@ -38,7 +37,8 @@ from tests.daemon_harness import (
     wait_until,
     write_config,
 )
-from tests.tools import require_tool
+from tests.exposition import TARGET_LABELS, Exposition
+from tests.tools import promtool
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_PATH = ROOT / "grafana" / "dashboards" / "akeeba-backupd.json"
@@ -63,8 +63,6 @@ BUILTIN_VALUES = {
     "__range_ms": "3600000",
 }
 BUILTIN_VARIABLES = frozenset(BUILTIN_VALUES) | {"__all"}  # "$__all": the All option's value
-TARGET_LABELS = frozenset({"instance", "job"})  # Prometheus adds them at scrape time
-HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 VARIABLE = re.compile(r"\$(?:\{(\w+)(?::[^}]*)?\}|(\w+))|\[\[(\w+)(?::[^\]]*)?\]\]")
 REGEX_MATCHER = re.compile(r'(\w+)\s*(=~|!~)\s*"([^"]*)"')
@@ -216,43 +214,6 @@ def concrete(expr: str) -> str:
 # --- the exported metrics ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Exposition:
-    """What a daemon's /metrics declares: family types and the labels of its samples."""
-
-    types: dict[str, str]
-    """``# TYPE`` name → type (counters are declared with their ``_total``)."""
-    labels: dict[str, frozenset[str]]
-    """Sample name → the label names its samples carry."""
-
-    @classmethod
-    def parse(cls, text: str) -> Exposition:
-        """Read a Prometheus text exposition."""
-        types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
-        labels: dict[str, set[str]] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels.setdefault(sample.name, set()).update(sample.labels)
-        return cls(types, {name: frozenset(names) for name, names in labels.items()})
-
-    def series_names(self) -> set[str]:
-        """Return every sample name a query may select (``_bucket``/``_sum``/``_count`` of a
-        histogram, never its bare name, which has no series)."""
-        names: set[str] = set()
-        for name, kind in self.types.items():
-            if kind == "histogram":
-                names.update(name + suffix for suffix in HISTOGRAM_SUFFIXES)
-            elif kind == "summary":
-                names.update((name, f"{name}_sum", f"{name}_count"))
-            else:
-                names.add(name)
-        return names
-
-    def all_labels(self) -> set[str]:
-        """Return every label name of every sample, plus Prometheus's target labels."""
-        return set(TARGET_LABELS).union(*self.labels.values())
-
-
 def unknown_metrics(expr: str, exposition: Exposition) -> set[str]:
     """Return the ``akeeba_*`` names in ``expr`` that the exposition declares no series of."""
     return set(METRIC.findall(expr)) - exposition.series_names()
@@ -274,11 +235,6 @@ def unknown_labels(query: Query, exposition: Exposition) -> set[str]:
 
 
 # --- promtool ----------------------------------------------------------------------------------
-
-
-def promtool() -> str:
-    """Return promtool's path; skip without it, but fail in CI, where it must be installed."""
-    return require_tool("promtool", "./scripts/test installs Debian's prometheus package")
 
 
 def write_rules(path: Path, queries: list[Query]) -> Path:

@@ -24,3 +24,8 @@ def require_tool(name: str, install_hint: str) -> str:
     if os.environ.get(REQUIRE_TOOLS_VARIABLE) or os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def promtool() -> str:
+    """Return promtool's path (see :func:`require_tool`)."""
+    return require_tool("promtool", "./scripts/test installs Debian's prometheus package")
