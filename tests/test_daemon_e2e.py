@@ -626,6 +626,7 @@ def test_restart_keeps_pauses_and_the_last_success(
     assert [run["outcome"] for run in runs] == ["succeeded"]
 
 
+RESUME_STEPS = 4
 STOP_POINTS = {
     # The start reply is still on its way: the run is on disk with no backupid yet, and the
     # next process must find the backup by its tag.
@@ -634,7 +635,6 @@ STOP_POINTS = {
     # The last step is running on the server: it completes the backup while nobody listens.
     "during-last-step": lambda site: site["step_count"] == RESUME_STEPS,
 }
-RESUME_STEPS = 4
 
 
 @pytest.mark.parametrize("point", list(STOP_POINTS))

@@ -307,13 +307,13 @@ class Scheduler:
     def _catch_up(self, entry: ScheduleEntry, now: datetime) -> None:
         """Apply the misfire policy to fires missed while the daemon was down."""
         last = entry.last_fire_at
-        settings = entry.schedule.settings
-        latest = previous_fire_time(entry.schedule.cron, now, settings.timezone)
         if last is None:
             # First seen now: fires before this moment are not ours to catch up, but one
             # missed while we are down from here on is, so the baseline goes to disk now.
             self._mark_tracked(entry, now)
             return
+        settings = entry.schedule.settings
+        latest = previous_fire_time(entry.schedule.cron, now, settings.timezone)
         if latest is None or latest <= last:
             return
         self._note_fire(entry, latest)
