@@ -15,12 +15,14 @@ All of them are raised together in one :class:`ConfigError`. No message ever con
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import glob
 import ipaddress
 import json
 import os
 import re
+import socket
 import stat
 import string
 import sys
@@ -70,6 +72,9 @@ __all__ = [
     "SettingsFile",
     "SiteConfig",
     "SiteFile",
+    "StateBackend",
+    "StateFile",
+    "StateSettings",
     "config_json_schema",
     "is_loopback_host",
     "load_config",
@@ -106,7 +111,9 @@ _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Only names written like this are echoed in messages: anything else may be a pasted secret.
 _CONVENTIONAL_ENV_NAME_RE: Final = re.compile(r"[A-Z_][A-Z0-9_]*")
 # Keys that name where a secret is: a value of the wrong type there is likely the secret itself.
-_SECRET_REFERENCE_KEYS: Final = frozenset({"secret_file", "secret_env", "api_token_file"})
+_SECRET_REFERENCE_KEYS: Final = frozenset(
+    {"secret_file", "secret_env", "api_token_file", "dsn_file"}
+)
 _HOSTNAME_RE: Final = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
@@ -530,6 +537,32 @@ class SiteFile(SettingsFile):
     """The site's schedules (at least one)."""
 
 
+class StateBackend(StrEnum):
+    """Where the daemon keeps its state."""
+
+    SQLITE = "sqlite"
+    """One SQLite file in state_dir: a single daemon, nothing to install."""
+    POSTGRESQL = "postgresql"
+    """A PostgreSQL database shared by one or more daemons (high availability)."""
+
+
+class StateFile(_FileModel):
+    """Where state is kept, and how several daemons share it."""
+
+    backend: StateBackend = StateBackend.SQLITE
+    """sqlite (a file in state_dir; default) or postgresql (shared by every instance)."""
+    dsn_file: NonEmptyString | None = None
+    """With postgresql: absolute path of a file holding the libpq connection string or URI
+    (it may hold a password: no group or other read, e.g. mode 0600); may start with
+    $CREDENTIALS_DIRECTORY/ or %d/."""
+    instance: Name | None = None
+    """This daemon's name among the instances sharing the database (1-64 characters from
+    a-z 0-9 _ -). Default: the host name."""
+    lease_duration: PositiveDuration | None = None
+    """With postgresql: how long a run's claim lasts without renewal before another instance
+    takes the run over (renewed every third of it). At least 3s. Default 30s."""
+
+
 class _ConfigHead(_FileModel):
     listen: ListenAddress = DEFAULT_LISTEN
     """HTTP server for /metrics, /healthz, /readyz, the API and the status page:
@@ -546,6 +579,8 @@ class _ConfigHead(_FileModel):
     relative patterns are relative to this file's directory."""
     limits: LimitsFile = Field(default_factory=LimitsFile)
     """How many backups may run at once, overall and per group."""
+    state: StateFile = Field(default_factory=StateFile)
+    """Where state is kept: sqlite (default) or postgresql shared by several instances."""
 
 
 class ConfigFile(_ConfigHead):
@@ -633,6 +668,22 @@ class Limits:
     groups: tuple[tuple[str, int], ...]
 
 
+DEFAULT_LEASE_SECONDS: Final = 30.0
+MIN_LEASE_SECONDS: Final = 3.0
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """The resolved ``state`` block."""
+
+    backend: StateBackend = StateBackend.SQLITE
+    dsn: Secret | None = None
+    """The PostgreSQL connection string (it may hold a password)."""
+    dsn_file: Path | None = None
+    instance: str = "localhost"
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
@@ -646,6 +697,7 @@ class Config:
     api_token_file: Path | None
     limits: Limits
     sites: tuple[SiteConfig, ...]
+    state: StateSettings = field(default_factory=StateSettings)
 
 
 @dataclass(frozen=True)
@@ -1023,6 +1075,7 @@ class _Loader:
         self.main_path = path.absolute()
         self.environ = environ
         self.issues: list[ConfigIssue] = []
+        self._state_dsn: Secret | None = None
         self.documents: list[_Document] = []
 
     def issue(
@@ -1139,6 +1192,7 @@ class _Loader:
         entries = self._main_sites(main, data.get("sites", []))
         entries += self._included_sites(data.get("include", []))
         api_token = self._check_listen_and_token(main, data)
+        self._state_dsn = self._check_state(main, data)
         self._check_sites(entries, data)
         if not entries:
             self.issue(
@@ -1224,6 +1278,45 @@ class _Loader:
                 "without a token anyone who reaches the port can start and cancel backups",
             )
         return token
+
+    def _check_state(self, main: _Document, data: dict[str, object]) -> Secret | None:
+        """Check the state block's cross-field rules; return the DSN read from dsn_file."""
+        state = data.get("state")
+        if not isinstance(state, dict):
+            return None  # absent, or reported by validation
+        backend = state.get("backend", StateBackend.SQLITE.value)
+        dsn_file = state.get("dsn_file")
+        lease = state.get("lease_duration")
+        if backend == StateBackend.POSTGRESQL.value:
+            if dsn_file is None:
+                self.issue(
+                    main,
+                    ("state", "backend"),
+                    "backend postgresql needs state.dsn_file: the file holding the connection "
+                    "string, e.g. postgresql://akeeba@db.example.org/akeeba",
+                )
+        elif backend == StateBackend.SQLITE.value:
+            for key in ("dsn_file", "lease_duration"):
+                if key in state:
+                    self.issue(
+                        main,
+                        ("state", key),
+                        f"{key} applies to backend postgresql only (backend is sqlite)",
+                    )
+        if lease is not None:
+            with contextlib.suppress(ValueError, TypeError):
+                if parse_duration(lease) < MIN_LEASE_SECONDS:
+                    self.issue(
+                        main,
+                        ("state", "lease_duration"),
+                        f"must be at least {MIN_LEASE_SECONDS:.0f}s: renewals go out every "
+                        "third of it",
+                    )
+        if backend == StateBackend.POSTGRESQL.value and isinstance(dsn_file, str) and dsn_file:
+            return self._read_secret_file(
+                main, ("state", "dsn_file"), dsn_file, what="database DSN file"
+            )
+        return None
 
     def _check_sites(self, entries: list[_SiteEntry], data: dict[str, object]) -> None:
         limits = data.get("limits", {})
@@ -1477,6 +1570,21 @@ class _Loader:
                 groups=tuple(sorted(head.limits.groups.items())),
             ),
             sites=sites,
+            state=self._state_settings(head.state),
+        )
+
+    def _state_settings(self, state: StateFile) -> StateSettings:
+        dsn_file = None
+        if state.dsn_file is not None:
+            dsn_file = self._credentials_path(
+                self.documents[0], ("state", "dsn_file"), state.dsn_file
+            )
+        return StateSettings(
+            backend=state.backend,
+            dsn=self._state_dsn,
+            dsn_file=dsn_file,
+            instance=state.instance or _default_instance_name(),
+            lease_seconds=state.lease_duration or DEFAULT_LEASE_SECONDS,
         )
 
     def _state_dir(self, configured: str | None) -> Path:
@@ -1544,6 +1652,12 @@ def _resolve_settings(layers: Sequence[SettingsFile]) -> RunSettings:
         jitter_seconds=pick("jitter", base.jitter_seconds),
         verify=pick("verify", base.verify),
     )
+
+
+def _default_instance_name() -> str:
+    """Return the host name cut to a valid instance name (``localhost`` when it has none)."""
+    name = re.sub(r"[^a-z0-9_-]", "-", socket.gethostname().split(".")[0].lower())[:64]
+    return name or "localhost"
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +24,15 @@ from pathlib import Path
 from typing import Any, Final
 
 from akeeba_backupd.akeeba import FailureReason
+from akeeba_backupd.database import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    STATE_FILE_NAME,
+    Connection,
+    Database,
+    SqliteDatabase,
+    StateError,
+)
 from akeeba_backupd.run import Checkpoint
 from akeeba_backupd.status import (
     HISTORY_PER_SCHEDULE,
@@ -37,7 +45,6 @@ from akeeba_backupd.status import (
 
 log = logging.getLogger(__name__)
 
-STATE_FILE_NAME: Final = "state.db"
 REOPEN_INTERVAL_SECONDS: Final = 60.0
 """How often an unavailable store is tried again."""
 
@@ -46,58 +53,15 @@ BUSY_TIMEOUT_SECONDS: Final = 5.0
 
 ScheduleKey = tuple[str, str]
 
-# Each entry moves the schema one version up; never edit a released one, append a new one.
-MIGRATIONS: Final = (
-    """
-    CREATE TABLE schedule_state (
-        site TEXT NOT NULL,
-        schedule TEXT NOT NULL,
-        data TEXT NOT NULL,
-        last_fire_at REAL,
-        PRIMARY KEY (site, schedule)
-    );
-    CREATE TABLE runs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        site TEXT NOT NULL,
-        schedule TEXT NOT NULL,
-        run_id TEXT NOT NULL,
-        outcome TEXT NOT NULL,
-        reason TEXT,
-        message TEXT NOT NULL,
-        started_at REAL NOT NULL,
-        finished_at REAL NOT NULL,
-        duration_seconds REAL NOT NULL,
-        warnings TEXT NOT NULL,
-        archive TEXT,
-        archive_size_bytes INTEGER,
-        backup_record_id INTEGER
-    );
-    CREATE INDEX runs_by_schedule ON runs (site, schedule, id);
-    CREATE TABLE inflight (
-        site TEXT NOT NULL,
-        schedule TEXT NOT NULL,
-        run_id TEXT NOT NULL,
-        checkpoint TEXT NOT NULL,
-        saved_at REAL NOT NULL,
-        PRIMARY KEY (site, schedule)
-    );
-    CREATE TABLE pauses (
-        site TEXT NOT NULL,
-        schedule TEXT NOT NULL,
-        PRIMARY KEY (site, schedule)
-    );
-    """,
-    # 2: what the last fire time was measured against (cron and time zone), so that a schedule
-    # whose timing changed while the daemon was down does not catch up on a fire it never had.
-    """
-    ALTER TABLE schedule_state ADD COLUMN fire_timing TEXT;
-    """,
-)
-SCHEMA_VERSION: Final = len(MIGRATIONS)
-
-
-class StateError(Exception):
-    """The state file cannot be used; the message says which file and why."""
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "STATE_FILE_NAME",
+    "LoadedState",
+    "SavedCheckpoint",
+    "StateError",
+    "StateStore",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +233,27 @@ def checkpoint_from_json(text: str) -> Checkpoint:
 # --- the store --------------------------------------------------------------------------------
 
 
+# A fire time only moves forward under the same timing: a late write of one instance never
+# takes back a fire another one has claimed since. ``:now`` is the database's clock.
+_UPSERT_STATS: Final = (
+    "INSERT INTO schedule_state"
+    " (site, schedule, data, last_fire_at, fire_timing, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, :now)"
+    " ON CONFLICT (site, schedule) DO UPDATE SET"
+    " data = excluded.data, updated_at = excluded.updated_at,"
+    " fire_timing = CASE WHEN excluded.last_fire_at IS NULL"
+    " THEN schedule_state.fire_timing ELSE excluded.fire_timing END,"
+    " last_fire_at = CASE"
+    " WHEN excluded.last_fire_at IS NULL THEN schedule_state.last_fire_at"
+    " WHEN schedule_state.last_fire_at IS NULL"
+    " OR schedule_state.fire_timing IS NULL"
+    " OR excluded.fire_timing IS NULL"
+    " OR schedule_state.fire_timing <> excluded.fire_timing"
+    " OR excluded.last_fire_at > schedule_state.last_fire_at"
+    " THEN excluded.last_fire_at ELSE schedule_state.last_fire_at END"
+)
+
+
 @dataclass(slots=True)
 class _Pending:
     stats: dict[ScheduleKey, tuple[str, float | None, str | None]] = field(default_factory=dict)
@@ -282,27 +267,35 @@ class _Pending:
 
 
 class StateStore:
-    """The SQLite state file of one daemon."""
+    """The state of one daemon: a SQLite file, or a PostgreSQL database shared by several."""
 
     def __init__(
         self,
         state_dir: Path,
         *,
+        database: Database | None = None,
+        owner: str | None = None,
         busy_timeout_seconds: float = BUSY_TIMEOUT_SECONDS,
         reopen_interval_seconds: float = REOPEN_INTERVAL_SECONDS,
     ) -> None:
-        """Keep state in ``state_dir``; nothing is read or written before :meth:`open`.
+        """Keep state in ``database`` (default: the SQLite file in ``state_dir``); nothing is
+        read or written before :meth:`open`.
 
-        ``busy_timeout_seconds`` is how long a write waits for a lock another process holds;
-        ``reopen_interval_seconds`` how often an unavailable store is tried again.
+        ``owner`` names this instance among several sharing the database: the checkpoints it
+        writes carry it, and one owned by another instance (which took the run over) is never
+        overwritten or deleted. ``busy_timeout_seconds`` is how long a write waits for a lock
+        another process holds; ``reopen_interval_seconds`` how often an unavailable store is
+        tried again.
         """
         self.path = state_dir / STATE_FILE_NAME
-        self._busy_timeout_seconds = busy_timeout_seconds
+        self._db = database or SqliteDatabase(self.path, busy_timeout_seconds=busy_timeout_seconds)
+        self.describe = self._db.describe
+        self._owner = owner
         self._reopen_interval_seconds = reopen_interval_seconds
         self.errors_total = 0
         self.problem: str | None = None
         """Why the store is not persisting right now (None while it works)."""
-        self._connection: sqlite3.Connection | None = None
+        self._connection: Connection | None = None
         self._pending = _Pending()
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -314,7 +307,7 @@ class StateStore:
     # --- opening ----------------------------------------------------------------------------
 
     def open(self) -> LoadedState:
-        """Open (creating or migrating) the file and return what it holds.
+        """Open (creating or migrating) the database and return what it holds.
 
         Never raises: on failure the store runs in memory and :attr:`problem` says why.
         """
@@ -326,18 +319,15 @@ class StateStore:
         self._opened_once = True
         try:
             return self._load()
-        except sqlite3.Error as error:
-            self._fail(f"cannot read {self.path}: {error}")
+        except self._db.errors as error:
+            self._fail(f"cannot read {self.describe}: {error}")
             return LoadedState()
 
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = self._try_connect()
-        except sqlite3.DatabaseError as error:
-            if isinstance(error, sqlite3.OperationalError):
-                raise StateError(f"cannot open {self.path}: {error}") from None
-            aside = self._move_aside()
+    def _connect(self) -> Connection:
+        connection = self._db.connect()
+        if isinstance(self._db, SqliteDatabase) and self._db.moved_aside is not None:
+            aside, error = self._db.moved_aside
+            self._db.moved_aside = None
             log.error(
                 "state file %s is corrupt (%s): moved to %s; starting a new one "
                 "(run history and last-success times are lost; in-flight runs cannot resume)",
@@ -346,56 +336,17 @@ class StateStore:
                 aside,
             )
             self.errors_total += 1
-            try:
-                connection = self._try_connect()
-            except sqlite3.Error as again:
-                raise StateError(f"cannot create {self.path}: {again}") from None
-        except OSError as error:
-            raise StateError(f"cannot open {self.path}: {error.strerror or error}") from None
         return connection
-
-    def _try_connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(
-            self.path,
-            timeout=self._busy_timeout_seconds,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            version = int(connection.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise StateError(
-                    f"{self.path} has schema version {version}, newer than this akeeba-backupd "
-                    f"knows ({SCHEMA_VERSION}): it was written by a newer release; not touching it"
-                )
-            for number in range(version, SCHEMA_VERSION):
-                # One transaction per step (executescript would commit a BEGIN sent apart).
-                connection.executescript(
-                    f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\n"
-                    f"PRAGMA user_version = {number + 1};\nCOMMIT;"
-                )
-            connection.execute("SELECT count(*) FROM schedule_state").fetchone()
-        except BaseException:
-            connection.close()
-            raise
-        return connection
-
-    def _move_aside(self) -> Path:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(str(self.path) + suffix)
-            if source.exists():
-                source.rename(Path(str(aside) + suffix))
-        return aside
 
     def _load(self) -> LoadedState:
         assert self._connection is not None
         loaded = LoadedState()
         db = self._connection
-        for site, schedule, data, last_fire_at, fire_timing in db.execute(
+
+        def rows(sql: str) -> list[Any]:
+            return self._db.execute(db, sql).fetchall()
+
+        for site, schedule, data, last_fire_at, fire_timing in rows(
             "SELECT site, schedule, data, last_fire_at, fire_timing FROM schedule_state"
         ):
             try:
@@ -409,7 +360,7 @@ class StateStore:
                 loaded.last_fire_at[(site, schedule)] = moment
                 if fire_timing is not None:
                     loaded.fire_timing[(site, schedule)] = fire_timing
-        for row in db.execute(
+        for row in rows(
             "SELECT site, schedule, run_id, outcome, reason, message, started_at, finished_at,"
             " duration_seconds, warnings, archive, archive_size_bytes, backup_record_id"
             " FROM runs ORDER BY id"
@@ -436,7 +387,7 @@ class StateStore:
                     backup_record_id=row[12],
                 )
             )
-        for site, schedule, checkpoint, saved_at in db.execute(
+        for site, schedule, checkpoint, saved_at in rows(
             "SELECT site, schedule, checkpoint, saved_at FROM inflight"
         ):
             try:
@@ -445,7 +396,7 @@ class StateStore:
                 loaded.inflight.append(SavedCheckpoint(checkpoint_from_json(checkpoint), saved))
             except ValueError as error:
                 self._count_error(f"unreadable in-flight run of {site}/{schedule}: {error}")
-        for site, schedule in db.execute("SELECT site, schedule FROM pauses"):
+        for site, schedule in rows("SELECT site, schedule FROM pauses"):
             loaded.pauses.add((site, schedule))
         return loaded
 
@@ -539,16 +490,17 @@ class StateStore:
             try:
                 # Shielded: a cancelled caller must not leave the thread behind unawaited.
                 await asyncio.shield(commit)
-            except sqlite3.Error as error:
-                self._count_error(f"cannot write {self.path}: {error}")
+            except self._db.errors as error:
+                self._count_error(f"cannot write {self.describe}: {error}")
                 self._merge_back(batch)
                 if self._connection is not None:
-                    self._connection.close()
+                    with contextlib.suppress(*self._db.errors):
+                        self._connection.close()
                     self._connection = None
-                self._fail(f"cannot write {self.path}: {error}")
+                self._fail(f"cannot write {self.describe}: {error}")
             else:
                 if self.problem is not None:
-                    log.warning("state file %s is writable again", self.path)
+                    log.warning("state store %s is writable again", self.describe)
                 self.problem = None
 
     async def _write_forever(self) -> None:
@@ -583,89 +535,96 @@ class StateStore:
         pending.forget = batch.forget | pending.forget
 
     def _commit(self, batch: _Pending) -> None:
-        db = self._connection
-        assert db is not None
-        db.execute("BEGIN IMMEDIATE")
+        connection = self._connection
+        assert connection is not None
+        database = self._db
+
+        def run(sql: str, parameters: tuple[Any, ...] = ()) -> None:
+            database.execute(connection, sql, parameters)
+
+        run(database.begin)
         try:
             for (site, schedule), (data, last_fire_at, fire_timing) in batch.stats.items():
-                db.execute(
-                    "INSERT INTO schedule_state (site, schedule, data, last_fire_at, fire_timing)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (site, schedule) DO UPDATE SET"
-                    " data = excluded.data,"
-                    " fire_timing = CASE WHEN excluded.last_fire_at IS NULL THEN fire_timing"
-                    " ELSE excluded.fire_timing END,"
-                    " last_fire_at = coalesce(excluded.last_fire_at, last_fire_at)",
+                run(
+                    _UPSERT_STATS.replace(":now", database.now),
                     (site, schedule, data, last_fire_at, fire_timing),
                 )
             touched: set[ScheduleKey] = set()
-            for run in batch.runs:
-                db.execute(
+            for finished in batch.runs:
+                run(
                     "INSERT INTO runs (site, schedule, run_id, outcome, reason, message,"
                     " started_at, finished_at, duration_seconds, warnings, archive,"
                     " archive_size_bytes, backup_record_id)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        run.site,
-                        run.schedule,
-                        run.run_id,
-                        run.outcome,
-                        run.reason,
-                        run.message,
-                        run.started_at.timestamp(),
-                        run.finished_at.timestamp(),
-                        run.duration_seconds,
-                        json.dumps(list(run.warnings)),
-                        run.archive,
-                        run.archive_size_bytes,
-                        run.backup_record_id,
+                        finished.site,
+                        finished.schedule,
+                        finished.run_id,
+                        finished.outcome,
+                        finished.reason,
+                        finished.message,
+                        finished.started_at.timestamp(),
+                        finished.finished_at.timestamp(),
+                        finished.duration_seconds,
+                        json.dumps(list(finished.warnings)),
+                        finished.archive,
+                        finished.archive_size_bytes,
+                        finished.backup_record_id,
                     ),
                 )
-                touched.add((run.site, run.schedule))
+                touched.add((finished.site, finished.schedule))
             for site, schedule in touched:
-                db.execute(
+                run(
                     "DELETE FROM runs WHERE site = ? AND schedule = ? AND id NOT IN"
                     " (SELECT id FROM runs WHERE site = ? AND schedule = ?"
                     " ORDER BY id DESC LIMIT ?)",
                     (site, schedule, site, schedule, HISTORY_PER_SCHEDULE),
                 )
+            # Checkpoints of a run another instance has taken over are its own from then on.
             for (site, schedule), saved in batch.checkpoints.items():
                 if saved is None:
-                    db.execute(
-                        "DELETE FROM inflight WHERE site = ? AND schedule = ?", (site, schedule)
+                    run(
+                        "DELETE FROM inflight WHERE site = ? AND schedule = ?"
+                        " AND (owner IS NULL OR owner = ?)",
+                        (site, schedule, self._owner),
                     )
                 else:
                     checkpoint, saved_at = saved
-                    db.execute(
-                        "INSERT OR REPLACE INTO inflight"
-                        " (site, schedule, run_id, checkpoint, saved_at) VALUES (?, ?, ?, ?, ?)",
+                    run(
+                        "INSERT INTO inflight (site, schedule, run_id, checkpoint, saved_at, owner)"
+                        " VALUES (?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (site, schedule) DO UPDATE SET"
+                        " run_id = excluded.run_id, checkpoint = excluded.checkpoint,"
+                        " saved_at = excluded.saved_at, owner = excluded.owner"
+                        " WHERE inflight.owner IS NULL OR inflight.owner = excluded.owner",
                         (
                             site,
                             schedule,
                             checkpoint.run_id,
                             checkpoint_to_json(checkpoint),
                             saved_at,
+                            self._owner,
                         ),
                     )
             for (site, schedule), paused in batch.pauses.items():
                 if paused:
-                    db.execute(
-                        "INSERT OR IGNORE INTO pauses (site, schedule) VALUES (?, ?)",
+                    run(
+                        "INSERT INTO pauses (site, schedule) VALUES (?, ?)"
+                        " ON CONFLICT (site, schedule) DO NOTHING",
                         (site, schedule),
                     )
                 else:
-                    db.execute(
-                        "DELETE FROM pauses WHERE site = ? AND schedule = ?", (site, schedule)
-                    )
+                    run("DELETE FROM pauses WHERE site = ? AND schedule = ?", (site, schedule))
             for site, schedule in batch.forget:
                 for table in ("schedule_state", "runs", "inflight", "pauses"):
-                    db.execute(
+                    run(
                         f"DELETE FROM {table} WHERE site = ? AND schedule = ?",  # noqa: S608 - fixed names
                         (site, schedule),
                     )
-            db.execute("COMMIT")
+            run("COMMIT")
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
+            with contextlib.suppress(*database.errors):
+                run("ROLLBACK")
             raise
 
     # --- trouble --------------------------------------------------------------------------
