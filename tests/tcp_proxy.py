@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import socket
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -31,6 +31,8 @@ class TcpProxy:
         probe.close()
         self.connections = 0
         """Connections accepted so far."""
+        self.bytes_from_clients = 0
+        """Bytes the clients sent through the proxy so far (requests)."""
 
     def __enter__(self) -> TcpProxy:
         self._thread.start()
@@ -87,7 +89,7 @@ class TcpProxy:
             return
         self._writers.update((writer, upstream_writer))
         await asyncio.gather(
-            self._pipe(reader, upstream_writer),
+            self._pipe(reader, upstream_writer, self._count_from_client),
             self._pipe(upstream_reader, writer),
             return_exceptions=True,
         )
@@ -95,10 +97,19 @@ class TcpProxy:
             self._writers.discard(each)
             each.transport.abort()
 
+    def _count_from_client(self, size: int) -> None:
+        self.bytes_from_clients += size
+
     @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        count: Callable[[int], None] | None = None,
+    ) -> None:
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(65536):
+                if count is not None:
+                    count(len(data))
                 writer.write(data)
                 await writer.drain()
         if not writer.transport.is_closing():

@@ -38,6 +38,10 @@ class DaemonView:
     state_errors_total: int
     running_backups: int
     queued_backups: int
+    leases_held: int = 0
+    """Leases (queued or running fires) this instance holds in the shared database."""
+    lease_takeovers_total: int = 0
+    leases_lost_total: int = 0
 
 
 class FleetSource(Protocol):
@@ -150,7 +154,8 @@ class FleetCollector(Collector):
         for entry in entries:
             stats = entry.stats
             labels = [entry.site.name, entry.schedule.name]
-            is_running = entry.state is ScheduleState.RUNNING
+            # A run another instance executes counts too: every instance shows the fleet.
+            is_running = entry.state is ScheduleState.RUNNING or entry.remote_owner is not None
             running.add_metric(labels, 1.0 if is_running else 0.0)
             queued.add_metric(labels, 1.0 if entry.state is ScheduleState.QUEUED else 0.0)
             paused.add_metric(labels, 1.0 if entry.paused else 0.0)
@@ -288,6 +293,21 @@ class FleetCollector(Collector):
             "akeeba_backupd_state_errors",
             "Failed reads or writes of the state store",
             value=float(view.state_errors_total),
+        )
+        yield GaugeMetricFamily(
+            "akeeba_backupd_leases_held",
+            "Queued or running fires this instance holds in the shared database",
+            value=float(view.leases_held),
+        )
+        yield CounterMetricFamily(
+            "akeeba_backupd_lease_takeovers",
+            "Leases this instance took over from an instance that stopped renewing them",
+            value=float(view.lease_takeovers_total),
+        )
+        yield CounterMetricFamily(
+            "akeeba_backupd_leases_lost",
+            "Leases this instance lost: not renewed in time, or taken over by another",
+            value=float(view.leases_lost_total),
         )
 
 

@@ -247,6 +247,10 @@ def _step_may_still_run(error: TransportError) -> bool:
     return isinstance(error, HttpError) and error.http_status in GATEWAY_TIMEOUT_STATUSES
 
 
+class _CallsForbidden(Exception):
+    """This run may no longer call the site (its lease may belong to another instance)."""
+
+
 class _StepEnded(Exception):
     """Internal: the backup is over according to its record, not to a step reply."""
 
@@ -284,6 +288,7 @@ class BackupRun:
         *,
         checkpoint_age_seconds: float | None = None,
         before_start: Callable[[Checkpoint], Awaitable[None]] | None = None,
+        may_call: Callable[[], bool] | None = None,
     ) -> None:
         """Prepare a run of ``spec``, or the continuation of ``resume_from``.
 
@@ -291,6 +296,9 @@ class BackupRun:
         unknown), which bounds the wait for a step that may still run on a server that sends no
         record id. ``before_start`` is awaited with the run's first checkpoint just before
         ``startBackup`` is sent, so the run can be found and adopted after a crash.
+        ``may_call`` is asked before every call to the site: once it says False (this
+        instance's lease on the run may have passed to another instance), the run makes no
+        further call and ends SUSPENDED, resumable by whoever holds the run now.
         """
         self.spec = spec
         self._remote = remote
@@ -299,6 +307,7 @@ class BackupRun:
         self._resume_from = resume_from
         self._checkpoint_age_seconds = checkpoint_age_seconds
         self._before_start = before_start
+        self._may_call = may_call
         self._state = _LiveState()
         self._started_at = resume_from.started_at if resume_from else clock.now()
         self._deadline = 0.0
@@ -348,6 +357,17 @@ class BackupRun:
             result = await self._succeed(record)
         except AkeebaError as error:
             result = self._failed(error.reason, error.message)
+        except _CallsForbidden:
+            # The last call may have been cut short: the checkpoint is not a clean one.
+            result = replace(
+                self._result(
+                    RunOutcome.SUSPENDED,
+                    None,
+                    "stepping stopped: this instance's lease on the run may have passed to "
+                    "another instance",
+                ),
+                checkpoint=self.checkpoint(),
+            )
         return self._finish(result)
 
     # --- the phases ----------------------------------------------------------------------
@@ -745,6 +765,10 @@ class BackupRun:
 
     async def _bounded(self, call: Awaitable[T]) -> T:
         """Await ``call`` but no longer than the run's deadline and stall limit allow."""
+        if self._may_call is not None and not self._may_call():
+            if asyncio.iscoroutine(call):
+                call.close()  # never sent: no "coroutine was never awaited" warning
+            raise _CallsForbidden
         remaining = self._check_time()
         try:
             async with asyncio.timeout(remaining):

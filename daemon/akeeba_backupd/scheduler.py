@@ -29,6 +29,15 @@ from akeeba_backupd.akeeba import FailureReason
 from akeeba_backupd.clock import Clock
 from akeeba_backupd.config import Config, MisfirePolicy, ScheduleConfig, SiteConfig
 from akeeba_backupd.cron import expected_interval_seconds, next_fire_time, previous_fire_time
+from akeeba_backupd.database import StateError
+from akeeba_backupd.fleet import (
+    Claim,
+    FireClaim,
+    FleetChanges,
+    PostgresCoordinator,
+    RunSlotRequest,
+    Takeover,
+)
 from akeeba_backupd.run import (
     RunEvent,
     RunFinished,
@@ -37,7 +46,7 @@ from akeeba_backupd.run import (
     RunResult,
 )
 from akeeba_backupd.state import LoadedState, SavedCheckpoint
-from akeeba_backupd.status import FinishedRun, ScheduleStats, SkipReason
+from akeeba_backupd.status import FinishedRun, LiveRun, ScheduleStats, SkipReason
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,8 @@ MISFIRE_TOLERANCE_SECONDS = 60.0
 """A fire taken later than this after its due time counts as missed (asleep, down, clock jump)."""
 MAX_IDLE_WAIT_SECONDS = 60.0
 """The loop looks at the wall clock at least this often, so a wall-clock jump is noticed."""
+TAKEOVERS_PER_ROUND = 200
+"""Expired leases one instance takes over per renewal round (the rest wait for the next)."""
 
 
 class ScheduleState(StrEnum):
@@ -107,6 +118,10 @@ class SchedulerListener(Protocol):
         """An in-flight run of a schedule no longer configured will not be resumed."""
         ...
 
+    def fleet_config_changed(self, generation: int, fingerprint: str | None) -> None:
+        """Another instance published a new configuration (fleet mode only)."""
+        ...
+
 
 class SchedulerError(Exception):
     """A request the scheduler refuses; ``status`` is the HTTP status that fits it."""
@@ -141,6 +156,8 @@ class ScheduleEntry:
     """The latest fire time taken (run or skipped); None for a schedule never seen firing."""
     resume: SavedCheckpoint | None = None
     """The in-flight run a queued entry continues instead of starting a new one."""
+    remote_owner: str | None = None
+    """The instance running this schedule's backup, when another one does (fleet mode)."""
 
     @property
     def key(self) -> ScheduleKey:
@@ -164,6 +181,27 @@ class _Due:
     seq: int
     key: ScheduleKey = field(compare=False)
     generation: int = field(compare=False)
+
+
+class _Act(StrEnum):
+    RECORD = "record"
+    """Paused: the fire is only recorded."""
+    RUN = "run"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    act: _Act
+    reason: SkipReason | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingClaim:
+    entry: ScheduleEntry
+    fire_at: datetime
+    decision: _Decision
 
 
 def fire_timing(schedule: ScheduleConfig) -> str:
@@ -191,6 +229,7 @@ class Scheduler:
         restored: LoadedState | None = None,
         rng: random.Random | None = None,
         max_idle_wait_seconds: float = MAX_IDLE_WAIT_SECONDS,
+        coordinator: PostgresCoordinator | None = None,
     ) -> None:
         """Track every schedule of ``config``; nothing fires before :meth:`start`.
 
@@ -199,6 +238,11 @@ class Scheduler:
         pauses, and in-flight runs (resumed first, at start). ``max_idle_wait_seconds`` bounds
         how long the loop trusts a sleep before it looks at the wall clock again (to notice
         clock jumps); tests simulating weeks raise it.
+
+        With a ``coordinator`` (several instances sharing PostgreSQL), a fire is taken only
+        after it is claimed in the database, a run starts only when the fleet-wide limits give
+        it a slot, leases are renewed and expired ones of other instances taken over; restored
+        in-flight runs are left to those takeovers.
         """
         self._clock = clock
         self._listener = listener
@@ -220,6 +264,13 @@ class Scheduler:
         self._max_concurrent = config.limits.max_concurrent
         self._group_caps = dict(config.limits.groups)
         self._interval_day: datetime | None = None
+        self._coordinator = coordinator
+        self._claims: list[_PendingClaim] = []
+        self._fleet_task: asyncio.Task[None] | None = None
+        self._config_generation_seen: int | None = None
+        self._fleet_pauses_seen: set[ScheduleKey] | None = (
+            None if coordinator is None else set(self._restored.pauses)
+        )
         now = clock.now()
         for site in config.sites:
             for schedule in site.schedules:
@@ -280,12 +331,15 @@ class Scheduler:
         if self._loop_task is not None:
             return
         now = self._clock.now()
-        for saved in self._restored.inflight:
-            self._queue_resume(saved)
+        if self._coordinator is None:
+            for saved in self._restored.inflight:
+                self._queue_resume(saved)
         for entry in list(self._entries.values()):
             self._catch_up(entry, now)
         self._restored = LoadedState()
         self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
+        if self._coordinator is not None:
+            self._fleet_task = asyncio.create_task(self._fleet_loop(), name="fleet leases")
 
     def _queue_resume(self, saved: SavedCheckpoint) -> None:
         checkpoint = saved.checkpoint
@@ -316,28 +370,49 @@ class Scheduler:
         latest = previous_fire_time(entry.schedule.cron, now, settings.timezone)
         if latest is None or latest <= last:
             return
-        self._note_fire(entry, latest)
-        if entry.paused:
+        decision = self._catch_up_decision(entry, latest, now)
+        if self._coordinator is not None:
+            self._claims.append(_PendingClaim(entry, latest, decision))
             return
+        self._note_fire(entry, latest)
+        self._act(entry, latest, decision, now)
+
+    def _catch_up_decision(
+        self, entry: ScheduleEntry, latest: datetime, now: datetime
+    ) -> _Decision:
+        settings = entry.schedule.settings
+        if entry.paused:
+            return _Decision(_Act.RECORD)
         age_seconds = (now - latest).total_seconds()
         if settings.misfire is MisfirePolicy.SKIP or age_seconds > settings.misfire_grace_seconds:
-            self._skip(
-                entry,
+            return _Decision(
+                _Act.SKIP,
                 SkipReason.MISFIRE,
-                now,
                 f"fire time {latest:%Y-%m-%d %H:%M} UTC missed while the daemon was down",
             )
-            return
         if entry.state is not ScheduleState.IDLE:
-            self._skip(entry, SkipReason.OVERLAP, now, "in-flight run resumed at its fire time")
-            return
-        log.info(
-            "%s/%s: fire time %s UTC missed while down; running once now",
-            entry.site.name,
-            entry.schedule.name,
-            f"{latest:%Y-%m-%d %H:%M}",
+            return _Decision(
+                _Act.SKIP, SkipReason.OVERLAP, "in-flight run resumed at its fire time"
+            )
+        return _Decision(
+            _Act.RUN,
+            message=f"fire time {latest:%Y-%m-%d %H:%M} UTC missed while down; running once now",
         )
-        self._enqueue(entry, latest)
+
+    def _act(
+        self, entry: ScheduleEntry, fire_at: datetime, decision: _Decision, now: datetime
+    ) -> None:
+        """Carry out what a taken fire means: nothing (paused), a skip, or a queued run."""
+        if decision.act is _Act.SKIP:
+            assert decision.reason is not None
+            self._skip(entry, decision.reason, now, decision.message)
+        elif decision.act is _Act.RUN:
+            if entry.state is not ScheduleState.IDLE:
+                self._skip(entry, SkipReason.OVERLAP, now, f"still {entry.state} at its fire time")
+                return
+            if decision.message:
+                log.info("%s/%s: %s", entry.site.name, entry.schedule.name, decision.message)
+            self._enqueue(entry, fire_at)
 
     def _mark_tracked(self, entry: ScheduleEntry, now: datetime) -> None:
         """Record the fire time before ``now`` as seen, so the next start can tell what it
@@ -395,6 +470,12 @@ class Scheduler:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5.0)
+        if self._fleet_task is not None:
+            # Renewals went on while runs finished their step; the leases left are handed over.
+            self._fleet_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fleet_task
+            self._fleet_task = None
         return StopSummary(suspended=len(tasks) - len(pending), cancelled=len(pending))
 
     # --- requests ------------------------------------------------------------------------
@@ -407,6 +488,10 @@ class Scheduler:
         entry = self._require(site, schedule)
         if entry.state is not ScheduleState.IDLE:
             raise SchedulerError(f"{site}/{schedule} is already {entry.state}", 409)
+        if entry.remote_owner is not None:
+            raise SchedulerError(
+                f"{site}/{schedule} is already running on instance {entry.remote_owner}", 409
+            )
         if self._stopping:
             raise SchedulerError("the daemon is shutting down", 503)
         self._enqueue(entry, self._clock.now())
@@ -450,6 +535,11 @@ class Scheduler:
             entry.run.request_cancel()
         elif entry.state is ScheduleState.QUEUED:
             self._dequeue(entry)
+        elif entry.remote_owner is not None:
+            raise SchedulerError(
+                f"{site}/{schedule} is running on instance {entry.remote_owner}: cancel it there",
+                409,
+            )
         else:
             raise SchedulerError(f"{site}/{schedule} is not running or queued", 409)
         return entry
@@ -519,8 +609,15 @@ class Scheduler:
             now = self._clock.now()
             self._refresh_intervals(now)
             self._take_due_fires(now)
-            self._dispatch()
             wait = self._max_idle_wait_seconds
+            if self._coordinator is None:
+                self._dispatch()
+            else:
+                settled = await self._settle_claims(now)
+                await self._dispatch_fleet()
+                if self._queue or not settled:
+                    # Slots freed by other instances wake nobody here: look again soon.
+                    wait = min(wait, self._coordinator.poll_interval_seconds)
             if self._heap:
                 wait = min(wait, max(0.0, (self._heap[0].at - now).total_seconds()))
             await self._sleep_or_wake(wait)
@@ -534,6 +631,10 @@ class Scheduler:
             for task in (sleeper, waker):
                 if not task.done():
                     task.cancel()
+
+    def _halted(self) -> bool:
+        """Return True once stopping (a call: mypy keeps no narrowing across awaits then)."""
+        return self._stopping
 
     def _wake(self) -> None:
         self._wakeup.set()
@@ -552,31 +653,42 @@ class Scheduler:
         latest = previous_fire_time(entry.schedule.cron, now, settings.timezone) or fire_at
         latest = max(latest, fire_at)
         self._reschedule(entry, now)
-        self._note_fire(entry, latest)
-        if entry.paused:
+        decision = self._fire_decision(entry, fire_at, latest, due_at, now)
+        if self._coordinator is not None:
+            self._claims.append(_PendingClaim(entry, latest, decision))
             return
+        self._note_fire(entry, latest)
+        self._act(entry, latest, decision, now)
+
+    def _fire_decision(
+        self,
+        entry: ScheduleEntry,
+        fire_at: datetime,
+        latest: datetime,
+        due_at: datetime,
+        now: datetime,
+    ) -> _Decision:
+        settings = entry.schedule.settings
+        if entry.paused:
+            return _Decision(_Act.RECORD)
         lag_seconds = (now - due_at).total_seconds()
+        message = ""
         if lag_seconds > MISFIRE_TOLERANCE_SECONDS:
             age_seconds = (now - latest).total_seconds()
             if (
                 settings.misfire is MisfirePolicy.SKIP
                 or age_seconds > settings.misfire_grace_seconds
             ):
-                self._skip(
-                    entry, SkipReason.MISFIRE, now, f"fire time {fire_at:%Y-%m-%d %H:%M} UTC missed"
+                return _Decision(
+                    _Act.SKIP, SkipReason.MISFIRE, f"fire time {fire_at:%Y-%m-%d %H:%M} UTC missed"
                 )
-                return
-            log.info(
-                "%s/%s: fire time missed by %.0f s; running once for %s",
-                entry.site.name,
-                entry.schedule.name,
-                lag_seconds,
-                f"{latest:%Y-%m-%d %H:%M} UTC",
+            message = (
+                f"fire time missed by {lag_seconds:.0f} s; running once for "
+                f"{latest:%Y-%m-%d %H:%M} UTC"
             )
         if entry.state is not ScheduleState.IDLE:
-            self._skip(entry, SkipReason.OVERLAP, now, f"still {entry.state} at its fire time")
-            return
-        self._enqueue(entry, latest)
+            return _Decision(_Act.SKIP, SkipReason.OVERLAP, f"still {entry.state} at its fire time")
+        return _Decision(_Act.RUN, message=message)
 
     def _skip(self, entry: ScheduleEntry, reason: SkipReason, now: datetime, message: str) -> None:
         log.info(
@@ -608,6 +720,231 @@ class Scheduler:
         for item in started:
             self._queue.remove(item)
 
+    async def _settle_claims(self, now: datetime) -> bool:
+        """Claim the fires taken since the last round; return False when the database could
+        not be asked (they are asked again next round)."""
+        coordinator = self._coordinator
+        if coordinator is None or not self._claims:
+            return True
+        claims, self._claims = self._claims, []
+        try:
+            results = await coordinator.claim_fires(
+                [
+                    FireClaim(
+                        claim.entry.key,
+                        claim.fire_at,
+                        fire_timing(claim.entry.schedule),
+                        claim.entry.site.group,
+                        claim.decision.act is _Act.RUN,
+                    )
+                    for claim in claims
+                ]
+            )
+        except StateError:
+            self._claims = claims + self._claims
+            return False
+        for claim in claims:
+            entry = claim.entry
+            result = results.get(entry.key, Claim.LOST)
+            if self._entries.get(entry.key) is not entry or entry.removed:
+                if result is Claim.WON and claim.decision.act is _Act.RUN:
+                    coordinator.release(entry.key, hand_over=False)
+                continue
+            if result is Claim.LOST:
+                # Another instance took it: remember the time, but it is not ours to persist.
+                if entry.last_fire_at is None or claim.fire_at > entry.last_fire_at:
+                    entry.last_fire_at = claim.fire_at
+                continue
+            self._note_fire(entry, claim.fire_at)
+            if result is Claim.BUSY:
+                self._skip(
+                    entry, SkipReason.OVERLAP, now, "still queued or running at its fire time"
+                )
+                continue
+            if claim.decision.act is _Act.RUN and entry.state is not ScheduleState.IDLE:
+                coordinator.release(entry.key, hand_over=False)
+            self._act(entry, claim.fire_at, claim.decision, now)
+        return True
+
+    async def _dispatch_fleet(self) -> None:
+        """Ask the database for slots for the queued fires, oldest first, one per site."""
+        coordinator = self._coordinator
+        if coordinator is None or self._stopping or not self._queue:
+            return
+        sites = set(self._busy_sites)
+        requests: list[RunSlotRequest] = []
+        for fire_at, key in self._queue:
+            entry = self._entries[key]
+            if entry.site.name in sites:
+                continue
+            sites.add(entry.site.name)
+            requests.append(RunSlotRequest(key, entry.site.group, fire_at))
+        if not requests:
+            return
+        try:
+            grant = await coordinator.acquire(
+                requests, self._max_concurrent, dict(self._group_caps)
+            )
+        except StateError:
+            return
+        for key in grant.gone:
+            gone = self._entries.get(key)
+            if gone is not None and gone.state is ScheduleState.QUEUED:
+                log.info("%s/%s: queued fire dropped: another instance holds it", key[0], key[1])
+                self._dequeue(gone, forget_resume=False, release=False)
+        for item in list(self._queue):
+            key = item[1]
+            if key not in grant.granted:
+                continue
+            queued = self._entries[key]
+            if self._halted() or queued.state is not ScheduleState.QUEUED:
+                continue
+            self._queue.remove(item)
+            self._start(queued)
+        for key in grant.granted:
+            started = self._entries.get(key)
+            if started is None or started.state is not ScheduleState.RUNNING:
+                coordinator.release(key, hand_over=True)
+
+    # --- fleet mode: leases, takeovers, what the other instances changed ----------------
+
+    async def _fleet_loop(self) -> None:
+        coordinator = self._coordinator
+        assert coordinator is not None
+        last_refresh = -float("inf")
+        while not self._stopping:
+            try:
+                try:
+                    lost = await coordinator.renew()
+                except StateError:
+                    lost = set()
+                self._leases_lost(lost)
+                if self._halted():
+                    return
+                with contextlib.suppress(StateError):
+                    self._adopt(await coordinator.take_over(TAKEOVERS_PER_ROUND))
+                monotonic = self._clock.monotonic()
+                if monotonic - last_refresh >= min(5.0, coordinator.renew_interval_seconds * 2):
+                    with contextlib.suppress(StateError):
+                        self.apply_fleet_changes(await coordinator.refresh())
+                        last_refresh = monotonic
+            except Exception:
+                # A bug must not end the renewals: every run here would be taken over.
+                log.exception("fleet lease round failed")
+            await self._clock.sleep(coordinator.renew_interval_seconds)
+
+    def _leases_lost(self, keys: Iterable[ScheduleKey]) -> None:
+        """Stop at once what this instance no longer holds: another instance has it now."""
+        for key in keys:
+            entry = self._entries.get(key)
+            if entry is None:
+                continue
+            task = self._tasks.get(key)
+            if entry.state is ScheduleState.RUNNING and task is not None:
+                log.error(
+                    "%s/%s: lease lost (another instance took the run over): stepping stops now",
+                    key[0],
+                    key[1],
+                )
+                task.cancel()
+            elif entry.state is ScheduleState.QUEUED:
+                log.warning("%s/%s: lease of the queued fire lost to another instance", *key)
+                self._dequeue(entry, forget_resume=False, release=False)
+
+    def _adopt(self, takeovers: list[Takeover]) -> None:
+        """Queue what was taken over: a run to resume, or a fire that never started."""
+        coordinator = self._coordinator
+        assert coordinator is not None
+        for taken in takeovers:
+            entry = self._entries.get(taken.key)
+            if entry is None or entry.removed or self._stopping:
+                log.warning(
+                    "%s/%s: lease taken over from %s but the schedule is not configured here",
+                    *taken.key,
+                    taken.previous_owner,
+                )
+                coordinator.release(taken.key, hand_over=True)
+                continue
+            what = "run" if taken.resume is not None else "queued fire"
+            log.warning(
+                "%s/%s: %s taken over from %s, which stopped renewing its lease",
+                *taken.key,
+                what,
+                taken.previous_owner,
+            )
+            if entry.state is ScheduleState.QUEUED:
+                entry.resume = taken.resume or entry.resume
+                continue
+            if entry.state is ScheduleState.RUNNING:
+                continue
+            entry.resume = taken.resume
+            entry.remote_owner = None
+            self._enqueue(
+                entry, taken.resume.checkpoint.started_at if taken.resume else taken.fire_at
+            )
+        if takeovers:
+            self._wake()
+
+    def apply_fleet_changes(self, changes: FleetChanges) -> None:
+        """Take in what other instances changed: tallies and history of schedules not busy
+        here, pauses, the runs they execute, and a newly published configuration."""
+        for key, stats in changes.stats.items():
+            entry = self._entries.get(key)
+            if entry is None or entry.state is not ScheduleState.IDLE:
+                continue
+            if _tally(stats) <= _tally(entry.stats):
+                # Not newer than what this instance knows (perhaps its own write not yet
+                # committed): taking it would turn counters back.
+                continue
+            stats.history = entry.stats.history
+            stats.live = entry.stats.live if stats.live is None else stats.live
+            entry.stats = stats
+        for key, fired in changes.last_fire_at.items():
+            entry = self._entries.get(key)
+            if entry is not None and (entry.last_fire_at is None or fired > entry.last_fire_at):
+                entry.last_fire_at = fired
+        for run in changes.runs:
+            entry = self._entries.get((run.site, run.schedule))
+            if entry is None or any(known.run_id == run.run_id for known in entry.stats.history):
+                continue
+            entry.stats.history.appendleft(run)
+        # Only pauses that changed in the database since the last look: a local pause not yet
+        # committed must not be undone by a stale read.
+        seen, self._fleet_pauses_seen = self._fleet_pauses_seen, set(changes.pauses)
+        for entry in self._entries.values():
+            if seen is not None and entry.key in changes.pauses and entry.key not in seen:
+                if not entry.paused:
+                    self.pause(entry.site.name, entry.schedule.name)
+            elif seen is not None and entry.key in seen and entry.key not in changes.pauses:
+                entry.paused = False
+            remote = changes.remote_runs.get(entry.key)
+            if remote is None or entry.state is not ScheduleState.IDLE:
+                entry.remote_owner = None
+                continue
+            entry.remote_owner = remote.owner
+            if remote.resume is not None:
+                checkpoint = remote.resume.checkpoint
+                entry.stats.live = LiveRun(
+                    run_id=checkpoint.run_id,
+                    started_at=checkpoint.started_at,
+                    step_number=checkpoint.last_step_number or checkpoint.replies,
+                    progress_percent=checkpoint.progress_percent,
+                    domain=checkpoint.domain,
+                    last_step_at=remote.resume.saved_at,
+                    warnings=len(checkpoint.warnings),
+                )
+        generation = changes.config_generation
+        if self._config_generation_seen is None:
+            self._config_generation_seen = generation
+        elif generation > self._config_generation_seen:
+            self._config_generation_seen = generation
+            if self._listener is not None:
+                self._listener.fleet_config_changed(generation, changes.config_fingerprint)
+
+    def config_published(self, generation: int) -> None:
+        """Note a configuration generation this instance published itself."""
+        self._config_generation_seen = max(self._config_generation_seen or 0, generation)
+
     def _start(self, entry: ScheduleEntry) -> None:
         fire_at = entry.queued_fire_at or self._clock.now()
         entry.queued_fire_at = None
@@ -627,11 +964,16 @@ class Scheduler:
         )
 
     async def _execute(self, entry: ScheduleEntry, run: Run, run_id: str) -> None:
+        hand_over = True
         try:
-            await run.execute()
+            result = await run.execute()
+            hand_over = result.outcome is RunOutcome.SUSPENDED
         except asyncio.CancelledError:
             log.warning(
-                "%s/%s: run %s cancelled at shutdown", entry.site.name, entry.schedule.name, run_id
+                "%s/%s: run %s cancelled mid-call (forced shutdown, or lease lost)",
+                entry.site.name,
+                entry.schedule.name,
+                run_id,
             )
             raise
         except Exception as error:
@@ -649,10 +991,15 @@ class Scheduler:
             _EntryObserver(entry, self._observer).on_run_event(
                 RunFinished(entry.site.name, entry.schedule.name, run_id, result)
             )
+            hand_over = False
         finally:
-            self._release(entry)
+            self._release(entry, hand_over=hand_over)
 
-    def _release(self, entry: ScheduleEntry) -> None:
+    def _release(self, entry: ScheduleEntry, *, hand_over: bool) -> None:
+        if self._coordinator is not None:
+            # Suspended or cancelled: the backup is in flight on the server, so the lease
+            # expires now and another instance resumes it; an ended run frees its slot.
+            self._coordinator.release(entry.key, hand_over=hand_over)
         self._tasks.pop(entry.key, None)
         self._busy_sites.discard(entry.site.name)
         group = entry.run_group
@@ -705,9 +1052,15 @@ class Scheduler:
         entry.queued_fire_at = fire_at
         bisect.insort(self._queue, (fire_at, entry.key))
 
-    def _dequeue(self, entry: ScheduleEntry) -> None:
-        if entry.resume is not None and self._listener is not None:
+    def _dequeue(
+        self, entry: ScheduleEntry, *, forget_resume: bool = True, release: bool = True
+    ) -> None:
+        """Take a queued fire out of the queue; ``forget_resume`` drops the in-flight run it
+        stands for, ``release`` gives up its lease (both False when another instance has it)."""
+        if forget_resume and entry.resume is not None and self._listener is not None:
             self._listener.resume_dropped(entry.resume)
+        if release and self._coordinator is not None:
+            self._coordinator.release(entry.key, hand_over=False)
         entry.resume = None
         if entry.queued_fire_at is not None:
             with contextlib.suppress(ValueError):
@@ -732,6 +1085,11 @@ class Scheduler:
         if not entries:
             raise SchedulerError(f"no site {site}", 404)
         return entries
+
+
+def _tally(stats: ScheduleStats) -> int:
+    """Return how many fires a schedule's tallies have counted (grows with each one)."""
+    return stats.runs_total + sum(stats.skipped_total.values())
 
 
 class _EntryObserver:

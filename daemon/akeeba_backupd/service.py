@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -32,7 +35,16 @@ from akeeba_backupd.akeeba import (
     SiteRemote,
 )
 from akeeba_backupd.clock import Clock, SystemClock
-from akeeba_backupd.config import Config, ConfigError, ScheduleConfig, SiteConfig, load_config
+from akeeba_backupd.config import (
+    Config,
+    ConfigError,
+    ScheduleConfig,
+    SiteConfig,
+    StateBackend,
+    load_config,
+)
+from akeeba_backupd.database import PostgresDatabase, StateError
+from akeeba_backupd.fleet import PostgresCoordinator
 from akeeba_backupd.metrics import DaemonView, FleetCollector
 from akeeba_backupd.run import (
     BackupRun,
@@ -83,6 +95,27 @@ def client_settings(site: SiteConfig) -> ClientSettings:
         connect_timeout_seconds=site.settings.connect_timeout_seconds,
         tls_verify=site.tls_verify,
     )
+
+
+def config_fingerprint(config: Config) -> str:
+    """Return a digest of what must be the same on every instance sharing a database: the
+    sites, their schedules and timing, and the limits (never a secret)."""
+    shape = {
+        "limits": [config.limits.max_concurrent, list(config.limits.groups)],
+        "sites": [
+            [
+                site.name,
+                site.url,
+                site.group,
+                [
+                    [schedule.name, schedule.profile, fire_timing(schedule)]
+                    for schedule in site.schedules
+                ],
+            ]
+            for site in config.sites
+        ],
+    }
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _same_connection(old: SiteConfig, new: SiteConfig) -> bool:
@@ -154,7 +187,13 @@ class Service:
         self._sites: dict[str, _Site] = {}
         self._session: aiohttp.ClientSession | None = None
         self._scheduler: Scheduler | None = None
-        self._store = StateStore(config.state_dir)
+        self._coordinator: PostgresCoordinator | None = None
+        self._setup_problem: str | None = None
+        self._store = self._make_store(config)
+        self._reload_from_fleet = False
+        self._fleet_config_matches = True
+        self._expected_fingerprint: str | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._seeding: asyncio.Task[None] | None = None
         self._reload_ok = True
         self._reload_success_at: datetime | None = None
@@ -164,6 +203,29 @@ class Service:
         self.bound_port: int | None = None
         self.ready = asyncio.Event()
         """Set once READY=1 was sent (for in-process tests)."""
+
+    def _make_store(self, config: Config) -> StateStore:
+        """Return the state store the config asks for (and, for PostgreSQL, the coordinator)."""
+        state = config.state
+        if state.backend is not StateBackend.POSTGRESQL:
+            return StateStore(config.state_dir)
+        assert state.dsn is not None
+        try:
+            database = PostgresDatabase(state.dsn.reveal())
+        except StateError as error:
+            self._setup_problem = str(error)
+            return StateStore(config.state_dir)
+        coordinator = PostgresCoordinator(
+            database, instance=state.instance, lease_seconds=state.lease_seconds, clock=self._clock
+        )
+        self._coordinator = coordinator
+        # A database outage should not keep history in memory for a whole minute.
+        return StateStore(
+            config.state_dir,
+            database=database,
+            owner=coordinator.owner,
+            reopen_interval_seconds=min(5.0, state.lease_seconds / 3.0),
+        )
 
     # --- what signal handlers call -------------------------------------------------------
 
@@ -182,6 +244,9 @@ class Service:
 
     async def serve(self) -> int:
         """Run until stopped; return the process exit code."""
+        if self._setup_problem is not None:
+            log.error("cannot start: %s", self._setup_problem)
+            return EXIT_FAILURE
         async with contextlib.AsyncExitStack() as stack:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
             self._session = await stack.enter_async_context(
@@ -191,7 +256,18 @@ class Service:
             restored = self._store.open()
             self._store.start()
             stack.push_async_callback(self._store.close)
-            if restored.inflight:
+            coordinator = self._coordinator
+            if coordinator is not None:
+                # Closed after the store's last flush is queued but before it: the leases of
+                # suspended runs expire at once so another instance resumes them.
+                stack.push_async_callback(coordinator.close)
+                log.info(
+                    "fleet mode: instance %s, state in %s, lease %.0f s",
+                    coordinator.instance,
+                    self._store.describe,
+                    coordinator.lease_seconds,
+                )
+            elif restored.inflight:
                 log.info("resuming %d in-flight run(s)", len(restored.inflight))
             runner = web.AppRunner(build_app(self, self.registry), access_log=None)
             await runner.setup()
@@ -210,7 +286,13 @@ class Service:
             self.bound_port = int(runner.addresses[0][1])
             self._listening = True
             scheduler = Scheduler(
-                self.config, self._clock, self, observer=self, listener=self, restored=restored
+                self.config,
+                self._clock,
+                self,
+                observer=self,
+                listener=self,
+                restored=restored,
+                coordinator=coordinator,
             )
             self._scheduler = scheduler
             self._reload_success_at = self._clock.now()
@@ -230,6 +312,8 @@ class Service:
             self._notifier.ready(self.status_line())
             self.ready.set()
             self._seeding = asyncio.create_task(self._seed_last_successes(), name="seeding")
+            if coordinator is not None:
+                self._spawn(self._publish_config(at_start=True), "publish config")
             await self._main_loop()
             self._seeding.cancel()
             self._notifier.stopping()
@@ -256,7 +340,9 @@ class Service:
             if self._stop_requested.is_set():
                 return
             self._reload_requested.clear()
-            self.reload()
+            from_fleet, self._reload_from_fleet = self._reload_from_fleet, False
+            if self.reload() and not from_fleet and self._coordinator is not None:
+                self._spawn(self._publish_config(at_start=False), "publish config")
 
     def reload(self) -> bool:
         """Read the config file again and apply it; keep the old one on any error.
@@ -290,11 +376,67 @@ class Service:
         added, removed, changed = self._scheduler.apply(new)
         self._store.forget_schedules(gone)
         self.config = new
+        expected, self._expected_fingerprint = self._expected_fingerprint, None
+        if expected is not None:
+            mine = config_fingerprint(new)
+            self._fleet_config_matches = mine == expected
+            if not self._fleet_config_matches:
+                log.error(
+                    "this instance's configuration (%s) differs from the one another instance "
+                    "published (%s): keep the file the same on every instance",
+                    mine,
+                    expected,
+                )
         self._reload_ok = True
         self._reload_success_at = self._clock.now()
         log.info("reloaded: %d schedule(s) added, %d removed, %d changed", added, removed, changed)
         self._notifier.ready(self.status_line())
         return True
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _publish_config(self, *, at_start: bool) -> None:
+        """Tell the other instances to reload: at start only when the fleet's differs."""
+        coordinator = self._coordinator
+        scheduler = self._scheduler
+        assert coordinator is not None
+        assert scheduler is not None
+        mine = config_fingerprint(self.config)
+        try:
+            if at_start:
+                generation, published = await coordinator.config_generation()
+                if published == mine:
+                    scheduler.config_published(generation)
+                    self._fleet_config_matches = True
+                    return
+                if published is not None:
+                    log.warning(
+                        "this configuration differs from the one the fleet runs (%s, here %s): "
+                        "publishing it, so every instance reloads its own file",
+                        published,
+                        mine,
+                    )
+            generation = await coordinator.publish_config(mine)
+        except StateError as error:
+            log.error("could not tell the other instances about the configuration: %s", error)
+            return
+        scheduler.config_published(generation)
+        self._fleet_config_matches = True
+        log.info("configuration %s published to the fleet (generation %d)", mine, generation)
+
+    def fleet_config_changed(self, generation: int, fingerprint: str | None) -> None:
+        """Another instance published a configuration: reload this instance's own file."""
+        log.info(
+            "another instance published configuration %s (generation %d): reloading",
+            fingerprint,
+            generation,
+        )
+        self._expected_fingerprint = fingerprint
+        self._reload_from_fleet = True
+        self._reload_requested.set()
 
     def _build_sites(self, config: Config) -> None:
         assert self._session is not None
@@ -382,6 +524,13 @@ class Service:
             state_errors_total=self._store.errors_total,
             running_backups=0 if scheduler is None else scheduler.running_count,
             queued_backups=0 if scheduler is None else scheduler.queued_count,
+            leases_held=0 if self._coordinator is None else self._coordinator.leases_held,
+            lease_takeovers_total=0
+            if self._coordinator is None
+            else self._coordinator.takeovers_total,
+            leases_lost_total=0
+            if self._coordinator is None
+            else self._coordinator.leases_lost_total,
         )
 
     def readiness(self) -> list[str]:
@@ -393,6 +542,9 @@ class Service:
             problems.append("scheduler not running")
         if self._store.problem is not None:
             problems.append(f"state store: {self._store.problem}")
+        coordinator = self._coordinator
+        if coordinator is not None and coordinator.problem is not None:
+            problems.append(f"fleet database: {coordinator.problem}")
         return problems
 
     def trigger(self, site: str, schedule: str) -> ScheduleEntry:
@@ -475,6 +627,7 @@ class Service:
             None if resume is None else resume.checkpoint,
             checkpoint_age_seconds=age,
             before_start=self._persist_before_start,
+            may_call=None if self._coordinator is None else self._coordinator.lease_valid,
         )
         return _TrackedRun(run, tracked)
 
@@ -622,6 +775,10 @@ class Service:
                 )
             else:
                 log.info(
-                    "%s/%s: run %s suspended for shutdown", event.site, event.schedule, event.run_id
+                    "%s/%s: run %s suspended: %s",
+                    event.site,
+                    event.schedule,
+                    event.run_id,
+                    result.message,
                 )
             self._notifier.status(self.status_line())

@@ -154,6 +154,7 @@ def schedule_json(entry: ScheduleEntry) -> dict[str, Any]:
         "timezone": str(entry.schedule.settings.timezone),
         "group": entry.site.group,
         "state": entry.state.value,
+        "running_elsewhere": entry.remote_owner,
         "paused": entry.paused,
         "next_run": _iso(entry.next_due_at),
         "expected_interval_seconds": entry.expected_interval_seconds,
@@ -162,7 +163,8 @@ def schedule_json(entry: ScheduleEntry) -> dict[str, Any]:
         "consecutive_failures": stats.consecutive_failures,
         "last": None if last is None else run_json(last),
         "live": None
-        if live is None or entry.state is not ScheduleState.RUNNING
+        if live is None
+        or (entry.state is not ScheduleState.RUNNING and entry.remote_owner is None)
         else {
             "run_id": live.run_id,
             "started_at": _iso(live.started_at),
