@@ -56,14 +56,16 @@ class Fleet:
         self.extra = extra
         self.daemons: dict[str, DaemonProcess] = {}
 
-    def start(self, name: str, *, sites: Sequence[SiteEntry] | None = None) -> DaemonProcess:
+    def start(
+        self, name: str, *, sites: Sequence[SiteEntry] | None = None, lease: str = LEASE
+    ) -> DaemonProcess:
         port = free_port()
         document = config_document(port, sites or self.sites)
         document["state"] = {
             "backend": "postgresql",
             "dsn_file": str(self.dsn_file),
             "instance": name,
-            "lease_duration": LEASE,
+            "lease_duration": lease,
         }
         document.update(self.extra)
         config = write_config(self.tmp_path / f"{name}.yaml", document)
@@ -151,8 +153,11 @@ def test_every_fire_runs_once_and_the_limits_hold_fleet_wide(
         assert summary["completed_backups"] == 1
         assert summary["concurrent_step_violations"] == 0
     assert 1 <= most_running <= 2
-    executed = sum(metric(daemon, "akeeba_backup_runs_total") for daemon in daemons)
-    assert executed == 6 * len(daemons), "every instance counts every run of the fleet"
+
+    def every_instance_counts_every_run() -> bool:
+        return all(metric(daemon, "akeeba_backup_runs_total") == 6 for daemon in daemons)
+
+    wait_until(every_instance_counts_every_run, "each instance's fleet view to count 6 runs")
 
     def fleet_view_complete() -> bool:
         return all(
@@ -304,3 +309,30 @@ def test_pauses_and_reloads_reach_every_instance(
     wait_until(beta_has_weekly, "beta to reload its file", timeout=15)
     assert "another instance published configuration" in beta.child.logs()
     assert "differs" not in beta.child.logs()
+
+
+def test_a_stopped_instance_hands_its_run_over_at_once(
+    simulator: SimulatorProcess, fleet_factory: Any
+) -> None:
+    """SIGTERM: the run stops after its step and its lease is released as expired, so the other
+    instance resumes it long before the (here 60 s) lease would have run out."""
+    name = simulator.take()
+    simulator.set_settings(name, steps=30, step_seconds=0.3)
+    fleet = fleet_factory([SiteEntry(name, simulator.site_url(name))])
+    alpha = fleet.start("alpha", lease="60s")
+    beta = fleet.start("beta", lease="60s")
+    trigger(alpha, name)
+    wait_until(lambda: simulator.summary(name)["step_count"] >= 3, "alpha to be stepping")
+    alpha.child.send_signal(signal.SIGTERM)
+    assert alpha.child.wait() == 0
+    steps_at_stop = simulator.summary(name)["step_count"]
+    wait_until(
+        lambda: simulator.summary(name)["step_count"] > steps_at_stop,
+        "beta to resume the handed-over run",
+        timeout=15,
+    )
+    wait_until(lambda: simulator.summary(name)["completed_backups"] == 1, "the backup to end")
+    summary = simulator.summary(name)
+    assert summary["start_count"] == 1
+    assert summary["concurrent_step_violations"] == 0
+    assert "run taken over from alpha" in beta.child.logs()

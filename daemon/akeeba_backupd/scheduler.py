@@ -31,6 +31,7 @@ from akeeba_backupd.config import Config, MisfirePolicy, ScheduleConfig, SiteCon
 from akeeba_backupd.cron import expected_interval_seconds, next_fire_time, previous_fire_time
 from akeeba_backupd.database import StateError
 from akeeba_backupd.fleet import (
+    REFRESH_INTERVAL_SECONDS,
     Claim,
     FireClaim,
     FleetChanges,
@@ -58,7 +59,9 @@ MISFIRE_TOLERANCE_SECONDS = 60.0
 MAX_IDLE_WAIT_SECONDS = 60.0
 """The loop looks at the wall clock at least this often, so a wall-clock jump is noticed."""
 TAKEOVERS_PER_ROUND = 200
-"""Expired leases one instance takes over per renewal round (the rest wait for the next)."""
+"""Expired leases one instance takes over per round (the rest wait for the next)."""
+FLEET_TICK_SECONDS = 1.0
+"""How often an instance looks for expired leases to take over (fleet mode)."""
 
 
 class ScheduleState(StrEnum):
@@ -811,27 +814,31 @@ class Scheduler:
     async def _fleet_loop(self) -> None:
         coordinator = self._coordinator
         assert coordinator is not None
-        last_refresh = -float("inf")
+        last_renewal = last_refresh = -float("inf")
+        tick_seconds = min(FLEET_TICK_SECONDS, coordinator.renew_interval_seconds)
         while not self._stopping:
             try:
-                try:
-                    lost = await coordinator.renew()
-                except StateError:
-                    lost = set()
-                self._leases_lost(lost)
+                monotonic = self._clock.monotonic()
+                if monotonic - last_renewal >= coordinator.renew_interval_seconds:
+                    try:
+                        self._leases_lost(await coordinator.renew())
+                        last_renewal = monotonic
+                    except StateError:
+                        pass  # lease_valid() turns False in time; runs stop on their own
                 if self._halted():
                     return
+                # Expired leases are looked for every tick: a takeover comes within a tick of
+                # the expiry, not a whole renewal interval later.
                 with contextlib.suppress(StateError):
                     self._adopt(await coordinator.take_over(TAKEOVERS_PER_ROUND))
-                monotonic = self._clock.monotonic()
-                if monotonic - last_refresh >= min(5.0, coordinator.renew_interval_seconds * 2):
+                if monotonic - last_refresh >= REFRESH_INTERVAL_SECONDS:
                     with contextlib.suppress(StateError):
                         self.apply_fleet_changes(await coordinator.refresh())
                         last_refresh = monotonic
             except Exception:
                 # A bug must not end the renewals: every run here would be taken over.
                 log.exception("fleet lease round failed")
-            await self._clock.sleep(coordinator.renew_interval_seconds)
+            await self._clock.sleep(tick_seconds)
 
     def _leases_lost(self, keys: Iterable[ScheduleKey]) -> None:
         """Stop at once what this instance no longer holds: another instance has it now."""

@@ -260,7 +260,7 @@ class Service:
             if coordinator is not None:
                 # Closed after the store's last flush is queued but before it: the leases of
                 # suspended runs expire at once so another instance resumes them.
-                stack.push_async_callback(coordinator.close)
+                stack.push_async_callback(self._close_fleet, coordinator)
                 log.info(
                     "fleet mode: instance %s, state in %s, lease %.0f s",
                     coordinator.instance,
@@ -392,6 +392,11 @@ class Service:
         log.info("reloaded: %d schedule(s) added, %d removed, %d changed", added, removed, changed)
         self._notifier.ready(self.status_line())
         return True
+
+    async def _close_fleet(self, coordinator: PostgresCoordinator) -> None:
+        # The last checkpoints first: whoever takes the runs over resumes from them.
+        await self._store.flush(retry_now=True)
+        await coordinator.close()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)
