@@ -602,6 +602,8 @@ class _Run:
 
 
 _Handler = Callable[["SimulatedSite", dict[str, Any], str], Awaitable[_Reply]]
+RequestTrace = Callable[[str, Mapping[str, str]], Callable[[], None]]
+"""Told of each request reaching a site (its name and query); returns what to call on reply."""
 
 
 class SimulatedSite:
@@ -1302,13 +1304,17 @@ class Simulator:
         *,
         now: Callable[[], datetime] | None = None,
         seed: int | None = None,
+        trace: RequestTrace | None = None,
     ) -> None:
         """Build the fleet from ``sites`` (each spec is copied); raise ValueError on a bad spec.
 
         ``now`` returns aware UTC datetimes for record times and ids (default: the wall clock);
-        ``seed`` makes archive names reproducible.
+        ``seed`` makes archive names reproducible; ``trace`` (the benchmark's) is called with
+        the site's name and the query of every request reaching a site, and the callable it
+        returns once the reply is ready.
         """
         self.now: Callable[[], datetime] = now or _utc_now
+        self._trace = trace
         self.rng = random.Random(seed)
         self.stopping = False
         self._sites: dict[str, SimulatedSite] = {}
@@ -1478,6 +1484,15 @@ class Simulator:
         site = self._sites.get(request.match_info["site"])
         if site is None:
             return await self._handle_unknown(request)
+        if self._trace is None:
+            return await self._answer_site(site, request)
+        replied = self._trace(site.name, request.query)
+        try:
+            return await self._answer_site(site, request)
+        finally:
+            replied()
+
+    async def _answer_site(self, site: SimulatedSite, request: web.Request) -> web.Response:
         spec = site.spec
         if request.match_info["tail"] == "login":
             return site.login_page(request)
