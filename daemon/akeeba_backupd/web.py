@@ -7,6 +7,7 @@ whenever one is configured (the config refuses a non-loopback listener without o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -19,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from akeeba_backupd import __version__
+from akeeba_backupd.exposition import GzipExposition, render_exposition
 from akeeba_backupd.scheduler import ScheduleEntry, SchedulerError, ScheduleState
 from akeeba_backupd.status import FinishedRun
 from akeeba_backupd.status_page import render_status_page
@@ -66,7 +68,7 @@ class Backend(Protocol):
 def build_app(backend: Backend, registry: CollectorRegistry) -> web.Application:
     """Return the aiohttp application serving ``backend`` and ``registry``."""
     app = web.Application(middlewares=[_json_errors])
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/metrics", _metrics_handler(registry))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _bind(backend, _readyz))
     app.router.add_get("/api/v1/schedules", _bind(backend, _schedules))
@@ -82,6 +84,34 @@ def build_app(backend: Backend, registry: CollectorRegistry) -> web.Application:
 
 
 Handler = Callable[[Backend, web.Request], Awaitable[web.StreamResponse]]
+
+
+def _metrics_handler(
+    registry: CollectorRegistry,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Serve ``registry`` as prometheus-client's aiohttp handler does (content negotiation,
+    ``name[]`` filters, gzip), writing the big families itself (exposition.render_exposition)
+    and gzipping only the families that changed since the last scrape."""
+    fallback = make_aiohttp_handler(registry)
+    gzipper = GzipExposition()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if "name[]" in request.query:
+            return await fallback(request)
+        exposition = render_exposition(registry, ",".join(request.headers.getall("Accept", [])))
+        if exposition is None:
+            return await fallback(request)
+        headers = {"Content-Type": exposition.content_type, "Vary": "Accept-Encoding"}
+        if "gzip" not in request.headers.get("Accept-Encoding", ""):
+            return web.Response(body=exposition.body(), headers=headers)
+        job = gzipper.prepare(exposition)
+        # Off the event loop: zlib lets go of the GIL while it compresses.
+        body = await asyncio.get_running_loop().run_in_executor(None, job.run)
+        gzipper.remember(job)
+        headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
+
+    return handler
 
 
 def _bind(
@@ -163,8 +193,7 @@ def schedule_json(entry: ScheduleEntry) -> dict[str, Any]:
         "consecutive_failures": stats.consecutive_failures,
         "last": None if last is None else run_json(last),
         "live": None
-        if live is None
-        or (entry.state is not ScheduleState.RUNNING and entry.remote_owner is None)
+        if live is None or (entry.state is not ScheduleState.RUNNING and entry.remote_owner is None)
         else {
             "run_id": live.run_id,
             "started_at": _iso(live.started_at),
