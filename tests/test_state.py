@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from akeeba_backupd.run import Checkpoint
 from akeeba_backupd.state import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -147,3 +150,38 @@ async def test_a_schema_1_file_is_migrated_and_keeps_its_fire_times(tmp_path: Pa
     again = StateStore(tmp_path).open()
     assert again.last_fire_at[("shop", "nightly")] == fired
     assert again.fire_timing[("shop", "nightly")] == "0 2 * * * UTC"
+
+
+async def test_concurrent_flushes_share_commits_and_each_returns_committed(
+    tmp_path: Path,
+) -> None:
+    """A burst of runs each committing its first checkpoint before startBackup (1,000 fires in
+    one minute) shares a few commits instead of queueing one by one; and no caller returns
+    before its own write is in the file."""
+    store = StateStore(tmp_path)
+    store.open()
+    commits = 0
+    commit = store._commit
+
+    def counting(batch: Any) -> None:
+        nonlocal commits
+        commits += 1
+        commit(batch)
+
+    store._commit = counting  # type: ignore[method-assign]
+    started = datetime(2027, 1, 1, tzinfo=UTC)
+
+    async def start(number: int) -> None:
+        site = f"site-{number:03d}"
+        store.save_checkpoint(
+            Checkpoint(site, "nightly", f"run-{number}", 1, started, None), started
+        )
+        await store.flush()
+        with sqlite3.connect(tmp_path / STATE_FILE_NAME) as db:
+            found = db.execute("SELECT count(*) FROM inflight WHERE site = ?", (site,)).fetchone()
+        assert found == (1,), f"{site} returned before its checkpoint was committed"
+
+    await asyncio.gather(*(start(number) for number in range(200)))
+    assert commits <= 5
+    await store.close()
+    assert len(StateStore(tmp_path).open().inflight) == 200

@@ -303,6 +303,10 @@ class StateStore:
         self._last_open_attempt = 0.0
         self._opened_once = False
         self._commit_in_thread: asyncio.Future[None] | None = None
+        self._queued_seq = 0
+        """Counts queued writes; :attr:`_committed_seq` says how many of them are committed."""
+        self._committed_seq = 0
+        self._attempt_done = asyncio.Event()
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -415,12 +419,12 @@ class StateStore:
             _ts(last_fire_at),
             fire_timing,
         )
-        self._wakeup.set()
+        self._queued()
 
     def add_run(self, run: FinishedRun) -> None:
         """Queue one finished (or skipped) run for the history."""
         self._pending.runs.append(run)
-        self._wakeup.set()
+        self._queued()
 
     def save_checkpoint(self, checkpoint: Checkpoint, saved_at: datetime) -> None:
         """Queue the latest checkpoint of an in-flight run (replacing any queued before)."""
@@ -428,21 +432,25 @@ class StateStore:
             checkpoint,
             saved_at.timestamp(),
         )
-        self._wakeup.set()
+        self._queued()
 
     def drop_checkpoint(self, site: str, schedule: str) -> None:
         """Queue the removal of a run's checkpoint (it finished)."""
         self._pending.checkpoints[(site, schedule)] = None
-        self._wakeup.set()
+        self._queued()
 
     def set_paused(self, site: str, schedule: str, paused: bool) -> None:
         """Queue a pause or resume."""
         self._pending.pauses[(site, schedule)] = paused
-        self._wakeup.set()
+        self._queued()
 
     def forget_schedules(self, keys: Iterable[ScheduleKey]) -> None:
         """Queue the removal of everything kept about schedules no longer configured."""
         self._pending.forget.update(keys)
+        self._queued()
+
+    def _queued(self) -> None:
+        self._queued_seq += 1
         self._wakeup.set()
 
     # --- the writer -----------------------------------------------------------------------
@@ -477,31 +485,51 @@ class StateStore:
         most once per reopen interval unless ``retry_now``; they are dropped only by a store
         that never had a file open, which has nothing to add them to.
         """
+        target = self._queued_seq
+        # Group commit: while a commit runs, callers wait for it to end (all woken at once)
+        # rather than queueing one by one on the lock; the next commit takes every write
+        # queued meanwhile. A caller returns once its writes are committed, or after one
+        # attempt of its own failed.
+        while self._committed_seq < target and self._write_lock.locked():
+            done = self._attempt_done
+            await done.wait()
+        if self._committed_seq >= target:
+            return
         async with self._write_lock:
-            if self._pending.empty():
-                return
-            if self._connection is None and not self._reopen(retry_now=retry_now):
-                if not self._opened_once:
-                    self._pending = _Pending()
-                return
-            batch, self._pending = self._pending, _Pending()
-            commit = asyncio.ensure_future(asyncio.to_thread(self._commit, batch))
-            self._commit_in_thread = commit
             try:
-                # Shielded: a cancelled caller must not leave the thread behind unawaited.
-                await asyncio.shield(commit)
-            except self._db.errors as error:
-                self._count_error(f"cannot write {self.describe}: {error}")
-                self._merge_back(batch)
-                if self._connection is not None:
-                    with contextlib.suppress(*self._db.errors):
-                        self._connection.close()
-                    self._connection = None
-                self._fail(f"cannot write {self.describe}: {error}")
-            else:
-                if self.problem is not None:
-                    log.warning("state store %s is writable again", self.describe)
-                self.problem = None
+                await self._commit_pending(retry_now=retry_now)
+            finally:
+                self._attempt_done.set()
+                self._attempt_done = asyncio.Event()
+
+    async def _commit_pending(self, *, retry_now: bool) -> None:
+        if self._pending.empty():
+            self._committed_seq = self._queued_seq
+            return
+        if self._connection is None and not self._reopen(retry_now=retry_now):
+            if not self._opened_once:
+                self._pending = _Pending()
+            return
+        seq = self._queued_seq
+        batch, self._pending = self._pending, _Pending()
+        commit = asyncio.ensure_future(asyncio.to_thread(self._commit, batch))
+        self._commit_in_thread = commit
+        try:
+            # Shielded: a cancelled caller must not leave the thread behind unawaited.
+            await asyncio.shield(commit)
+        except self._db.errors as error:
+            self._count_error(f"cannot write {self.describe}: {error}")
+            self._merge_back(batch)
+            if self._connection is not None:
+                with contextlib.suppress(*self._db.errors):
+                    self._connection.close()
+                self._connection = None
+            self._fail(f"cannot write {self.describe}: {error}")
+        else:
+            if self.problem is not None:
+                log.warning("state store %s is writable again", self.describe)
+            self.problem = None
+            self._committed_seq = max(self._committed_seq, seq)
 
     async def _write_forever(self) -> None:
         while True:
