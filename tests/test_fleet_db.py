@@ -51,7 +51,7 @@ def test_a_dsn_is_described_without_its_password() -> None:
 async def test_state_round_trips_through_postgresql(tmp_path: Path, postgres_dsn: str) -> None:
     """Tallies, history, checkpoints and pauses written by one store are read back by the
     next, on a schema migrated to the current version."""
-    store = StateStore(tmp_path, database=PostgresDatabase(postgres_dsn), owner="a/1")
+    store = StateStore(tmp_path, database=PostgresDatabase(postgres_dsn))
     loaded = store.open()
     assert store.problem is None
     assert loaded.stats == {}
@@ -102,10 +102,16 @@ async def test_a_checkpoint_taken_over_is_never_overwritten_by_its_old_owner(
 ) -> None:
     old = StateStore(tmp_path, database=PostgresDatabase(postgres_dsn), owner="a/1")
     old.open()
+    with psycopg.connect(postgres_dsn, autocommit=True) as db:
+        db.execute(
+            "INSERT INTO leases (site, schedule, state, owner, expires_at, fire_at, run_id)"
+            " VALUES ('shop', 'nightly', 'running', 'a/1', 1e12, 0, 'r')"
+        )
     old.save_checkpoint(checkpoint(4), FIRE)
     await old.flush()
     with psycopg.connect(postgres_dsn, autocommit=True) as db:
         db.execute("UPDATE inflight SET owner = 'b/2'")
+        db.execute("UPDATE leases SET owner = 'b/2'")
     old.save_checkpoint(checkpoint(5), FIRE)  # a late write of the instance that lost it
     await old.flush()
     old.drop_checkpoint("shop", "nightly")
@@ -121,7 +127,7 @@ async def test_a_checkpoint_taken_over_is_never_overwritten_by_its_old_owner(
 async def test_a_late_stats_write_never_takes_back_a_claimed_fire(
     tmp_path: Path, postgres_dsn: str
 ) -> None:
-    store = StateStore(tmp_path, database=PostgresDatabase(postgres_dsn))
+    store = StateStore(tmp_path, database=PostgresDatabase(postgres_dsn), owner="a/1")
     store.open()
     later = datetime(2027, 1, 2, 2, 0, tzinfo=UTC)
     store.save_stats(ScheduleStats("shop", "nightly"), later, TIMING)
@@ -156,7 +162,7 @@ async def test_slots_are_counted_over_every_instance(postgres_dsn: str) -> None:
     alpha, beta = coordinator(postgres_dsn, "alpha"), coordinator(postgres_dsn, "beta")
 
     def request(site: str, schedule: str = "nightly", group: str | None = None) -> RunSlotRequest:
-        return RunSlotRequest((site, schedule), group, FIRE)
+        return RunSlotRequest((site, schedule), group, FIRE, f"run-{site}", create=True)
 
     grant = await alpha.acquire([request("a"), request("b", group="web3")], 3, {"web3": 1})
     assert grant.granted == {("a", "nightly"), ("b", "nightly")}
@@ -187,7 +193,7 @@ async def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it(
         owner=alpha.owner,
     )
     store.open()
-    grant = await alpha.acquire([RunSlotRequest(("shop", "nightly"), None, FIRE)], 5, {})
+    grant = await alpha.acquire([RunSlotRequest(("shop", "nightly"), None, FIRE, "r", True)], 5, {})
     assert grant.granted == {("shop", "nightly")}
     store.save_checkpoint(checkpoint(6), FIRE)
     await store.close()
@@ -202,7 +208,8 @@ async def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it(
     assert alpha.leases_held == 0
     assert beta.leases_held == 1
     assert beta.takeovers_total == 1
-    grant = await beta.acquire([RunSlotRequest(("shop", "nightly"), None, FIRE)], 5, {})
+    assert await beta.renew() == set()
+    grant = await beta.acquire([RunSlotRequest(("shop", "nightly"), None, FIRE, "r")], 5, {})
     assert grant.granted == {("shop", "nightly")}, "a run taken over keeps its slot"
     await alpha.close()
     await beta.close()
@@ -225,3 +232,72 @@ def test_lease_validity_follows_the_monotonic_clock(postgres_dsn: str) -> None:
     assert fresh.lease_valid()
     time.sleep(0.15)
     assert not fresh.lease_valid()
+
+
+async def test_a_queued_release_never_deletes_a_newer_lease(postgres_dsn: str) -> None:
+    """A run ends (its lease release is queued) and the schedule runs again at once: the
+    queued release must not delete the new lease."""
+    alpha = coordinator(postgres_dsn, "alpha")
+    key = ("shop", "nightly")
+    assert (await alpha.acquire([RunSlotRequest(key, None, FIRE, "r1", True)], 5, {})).granted
+    alpha.release(key, hand_over=False)
+    assert (await alpha.acquire([RunSlotRequest(key, None, FIRE, "r2", True)], 5, {})).granted
+    assert await alpha.renew() == set()
+    with psycopg.connect(postgres_dsn) as db:
+        assert db.execute("SELECT run_id FROM leases").fetchall() == [("r2",)]
+    await alpha.close()
+
+
+async def test_a_lease_this_instance_does_not_hold_is_handed_over(postgres_dsn: str) -> None:
+    """A claim committed whose reply was lost leaves a lease the instance does not know it
+    holds: the next renewal hands it over, and a takeover (here by the same instance) runs
+    the fire."""
+    alpha = coordinator(postgres_dsn, "alpha")
+    await alpha.config_generation()  # connects, and creates the tables
+    with psycopg.connect(postgres_dsn, autocommit=True) as db:
+        db.execute(
+            "INSERT INTO leases (site, schedule, state, owner, expires_at, fire_at)"
+            " VALUES ('shop', 'nightly', 'queued', %s, 1e12, 0)",
+            (alpha.owner,),
+        )
+    assert await alpha.renew() == set()
+    taken = await alpha.take_over(10)
+    assert [item.key for item in taken] == [("shop", "nightly")]
+    assert alpha.leases_held == 1
+    assert alpha.takeovers_total == 0, "its own lease is not counted as a takeover"
+    await alpha.close()
+
+
+async def test_a_checkpoint_is_written_only_by_the_lease_holder(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """A late write of an instance that no longer holds the run creates no row."""
+    late = StateStore(tmp_path, database=PostgresDatabase(postgres_dsn), owner="a/1")
+    late.open()
+    late.save_checkpoint(checkpoint(9), FIRE)
+    await late.flush()
+    await late.close()
+    with psycopg.connect(postgres_dsn) as db:
+        assert db.execute("SELECT count(*) FROM inflight").fetchone() == (0,)
+
+
+async def test_a_finished_run_drops_its_checkpoint_and_lease_together(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """No instance may find a finished run's lease still running without its checkpoint (it
+    would take it for a run never started and start it again)."""
+    alpha = coordinator(postgres_dsn, "alpha")
+    key = ("shop", "nightly")
+    run_id = checkpoint(1).run_id
+    assert (await alpha.acquire([RunSlotRequest(key, None, FIRE, run_id, True)], 5, {})).granted
+    store = StateStore(tmp_path, database=PostgresDatabase(postgres_dsn), owner=alpha.owner)
+    store.open()
+    store.save_checkpoint(checkpoint(3), FIRE)
+    await store.flush()
+    store.drop_checkpoint(*key, run_id)
+    await store.flush()
+    with psycopg.connect(postgres_dsn) as db:
+        assert db.execute("SELECT count(*) FROM leases").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM inflight").fetchone() == (0,)
+    await store.close()
+    await alpha.close()

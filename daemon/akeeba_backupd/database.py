@@ -83,6 +83,7 @@ MIGRATIONS: Final = (
         expires_at REAL NOT NULL,
         fire_at REAL NOT NULL,
         group_name TEXT,
+        run_id TEXT,
         PRIMARY KEY (site, schedule)
     );
     CREATE UNIQUE INDEX leases_one_run_per_site ON leases (site) WHERE state = 'running';

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +44,8 @@ T = TypeVar("T")
 
 _DISPATCH_LOCK_KEY: Final = 0x616B6566  # one instance at a time hands out run slots
 CONFIG_FLEET_NAME: Final = "config"
+RUN_ID_OVERLAP: Final = 500
+"""History rows read again at each refresh, for ids committed out of order."""
 REFRESH_INTERVAL_SECONDS: Final = 5.0
 """How often an instance reads what the others changed (tallies, history, pauses, runs)."""
 REFRESH_OVERLAP_SECONDS: Final = 30.0
@@ -79,6 +82,10 @@ class RunSlotRequest:
     key: ScheduleKey
     group: str | None
     fire_at: datetime
+    run_id: str
+    """The run this slot is for (a lease ends with the run that holds it)."""
+    create: bool = False
+    """True for a run-now request, which has no lease yet; a claimed fire has one."""
 
 
 @dataclass(slots=True)
@@ -132,6 +139,11 @@ def _dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
+def _boot_time() -> float:
+    """Return seconds on a clock that keeps running while the machine is suspended."""
+    return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
+
+
 def owner_token(instance: str) -> str:
     """Return this process's lease owner: the instance name and a per-start nonce, so that a
     restarted instance never mistakes the leases of its previous life for live ones."""
@@ -149,8 +161,13 @@ class PostgresCoordinator:
         lease_seconds: float,
         clock: Clock,
         owner: str | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
-        """Coordinate through ``database`` as ``instance``; nothing is sent before use."""
+        """Coordinate through ``database`` as ``instance``; nothing is sent before use.
+
+        ``monotonic`` measures lease validity; the default counts time the machine spent
+        suspended too (CLOCK_BOOTTIME), so a host waking from sleep knows its leases lapsed.
+        """
         self.instance = instance
         self.owner = owner or owner_token(instance)
         self.lease_seconds = lease_seconds
@@ -161,7 +178,8 @@ class PostgresCoordinator:
         self._clock = clock
         self._connection: Connection | None = None
         self._lock = asyncio.Lock()
-        self._valid_until_monotonic = clock.monotonic() + lease_seconds
+        self._monotonic = monotonic or _boot_time
+        self._valid_until = self._monotonic() + lease_seconds
         self._held: set[ScheduleKey] = set()
         self._to_release: dict[ScheduleKey, bool] = {}
         self._refreshed_to = 0.0
@@ -183,31 +201,40 @@ class PostgresCoordinator:
     def lease_valid(self) -> bool:
         """Return False once this instance may have lost its leases: it has not renewed them
         within the lease duration, so another instance may be taking its runs over."""
-        return self._clock.monotonic() < self._valid_until_monotonic
+        return self._monotonic() < self._valid_until
 
     async def claim_fires(self, claims: Sequence[FireClaim]) -> dict[ScheduleKey, Claim]:
         """Claim fires in one transaction; raise StateError when the database is unreachable."""
         if not claims:
             return {}
-        results = await self._call(self._claim_fires, claims)
+        results: dict[ScheduleKey, Claim] = await self._call(lambda: (self._claim_fires, claims))
         for claim in claims:
             if claim.run and results.get(claim.key) is Claim.WON:
-                self._held.add(claim.key)
+                self._hold(claim.key)
         return results
 
     async def acquire(
         self, requests: Sequence[RunSlotRequest], max_concurrent: int, group_caps: dict[str, int]
     ) -> SlotGrant:
-        """Turn queued fires into running leases where the fleet-wide limits allow, in order."""
-        grant = await self._call(self._acquire, requests, max_concurrent, group_caps)
-        self._held |= grant.granted
+        """Turn queued fires into running leases where the fleet-wide limits allow, in order.
+
+        Nothing is asked while this instance may have lost its leases (not renewed in time):
+        its queued fires may be another instance's by now.
+        """
+        if not requests or not self.lease_valid():
+            return SlotGrant()
+        grant: SlotGrant = await self._call(
+            lambda: (self._acquire, requests, max_concurrent, group_caps)
+        )
+        for key in grant.granted:
+            self._hold(key)
         self._held -= grant.gone
         return grant
 
     def release(self, key: ScheduleKey, *, hand_over: bool) -> None:
         """Give up a lease: delete it (the run ended, or a queued fire was dropped), or, with
         ``hand_over``, let it expire now so another instance resumes the run at once
-        (shutdown, or a lost lease). Sent with the next renewal if the database is down."""
+        (shutdown, or a lost lease). Sent within a second (or when the database is back)."""
         if key in self._held and not self.lease_valid():
             # Not renewed in time: another instance may be taking it over by now.
             log.warning(
@@ -220,50 +247,76 @@ class PostgresCoordinator:
         self._held.discard(key)
         self._to_release[key] = hand_over
 
+    def _hold(self, key: ScheduleKey) -> None:
+        # A release queued for an earlier lease of this schedule must not delete this one.
+        self._to_release.pop(key, None)
+        self._held.add(key)
+
+    async def send_releases(self) -> None:
+        """Send the releases queued since the last round (no renewal)."""
+        if self._to_release:
+            await self._call(lambda: (self._release_and_renew, dict(self._to_release), None))
+
     async def renew(self) -> set[ScheduleKey]:
-        """Renew every lease held, send pending releases; return the leases found lost."""
-        sent_at = self._clock.monotonic()
-        held = set(self._held)
-        releases = dict(self._to_release)
-        kept = await self._call(self._renew, releases)
-        self._valid_until_monotonic = sent_at + self.lease_seconds
-        for key in releases:
-            if self._to_release.get(key) == releases[key]:
+        """Renew every lease held, send pending releases; return the leases found lost.
+
+        A lease of this instance that it does not hold (a claim whose reply was lost) is
+        handed over rather than kept alive unused.
+        """
+        sent_at = self._monotonic()
+        snapshot: dict[str, Any] = {}
+
+        def prepare() -> tuple[Any, ...]:
+            # Under the lock: no claim or grant can slip between this and the statements.
+            snapshot["held"] = set(self._held)
+            snapshot["releases"] = dict(self._to_release)
+            return (self._release_and_renew, snapshot["releases"], snapshot["held"])
+
+        kept = await self._call(prepare)
+        assert kept is not None
+        self._valid_until = sent_at + self.lease_seconds
+        releases: dict[ScheduleKey, bool] = snapshot["releases"]
+        for key, hand_over in releases.items():
+            if self._to_release.get(key) == hand_over:
                 del self._to_release[key]
+        held: set[ScheduleKey] = snapshot["held"]
         lost = {key for key in held if key not in kept and key in self._held}
         self._held -= lost
         self.leases_lost_total += len(lost)
         return lost
 
     async def take_over(self, limit: int) -> list[Takeover]:
-        """Take up to ``limit`` expired leases of other instances; return them."""
+        """Take up to ``limit`` expired leases not held here (another instance's, or this
+        one's own handed over after an outage); return them."""
         if limit <= 0:
             return []
-        taken = await self._call(self._take_over, limit)
+        taken: list[Takeover] = await self._call(lambda: (self._take_over, limit, set(self._held)))
         for item in taken:
-            self._held.add(item.key)
-        self.takeovers_total += len(taken)
+            self._hold(item.key)
+        self.takeovers_total += sum(1 for item in taken if item.previous_owner != self.instance)
         return taken
 
     async def refresh(self) -> FleetChanges:
         """Return what changed in the database since the last refresh."""
-        return await self._call(self._refresh)
+        changes: FleetChanges = await self._call(lambda: (self._refresh,))
+        return changes
 
     async def publish_config(self, fingerprint: str) -> int:
         """Tell every instance that the configuration changed; return the new generation."""
-        return await self._call(self._publish_config, fingerprint)
+        generation: int = await self._call(lambda: (self._publish_config, fingerprint))
+        return generation
 
     async def config_generation(self) -> tuple[int, str | None]:
         """Return the fleet's config generation and the fingerprint published with it."""
-        return await self._call(self._config_generation)
+        found: tuple[int, str | None] = await self._call(lambda: (self._config_generation,))
+        return found
 
     async def close(self) -> None:
         """Hand over what is still held and close the connection."""
         for key in list(self._held):
             self.release(key, hand_over=True)
-        if self._to_release:
-            with contextlib.suppress(StateError):
-                await self._call(self._renew, dict(self._to_release))
+        with contextlib.suppress(StateError):
+            await self.send_releases()
         async with self._lock:
             if self._connection is not None:
                 with contextlib.suppress(*self._db.errors):
@@ -272,10 +325,22 @@ class PostgresCoordinator:
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    async def _call(self, function: Callable[..., T], *arguments: Any) -> T:
+    async def _call(self, prepare: Callable[[], tuple[Any, ...]]) -> Any:
+        """Run ``prepare()`` (a statement function and its arguments, read under the lock) in
+        one transaction in a worker thread, one call at a time."""
         async with self._lock:
+            function, *arguments = prepare()
+            # Shielded: a cancelled caller must not free the lock (and the connection) while
+            # the thread is still inside the transaction.
+            work = asyncio.ensure_future(
+                asyncio.to_thread(self._in_transaction, function, *arguments)
+            )
             try:
-                result = await asyncio.to_thread(self._in_transaction, function, *arguments)
+                result = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                with contextlib.suppress(BaseException):
+                    await work
+                raise
             except StateError as error:
                 self._trouble(str(error))
                 raise
@@ -363,8 +428,6 @@ class PostgresCoordinator:
         group_caps: dict[str, int],
     ) -> SlotGrant:
         grant = SlotGrant()
-        if not requests:
-            return grant
         self._run(connection, "SELECT pg_advisory_xact_lock(?)", (_DISPATCH_LOCK_KEY,))
         leases: dict[ScheduleKey, tuple[str, str]] = {}
         busy_sites: set[str] = set()
@@ -382,24 +445,37 @@ class PostgresCoordinator:
         for request in requests:
             site, schedule = request.key
             found = leases.get(request.key)
+            if found is None and not request.create:
+                # A claimed fire whose lease is gone was taken over and run elsewhere.
+                grant.gone.add(request.key)
+                continue
             if found is not None and found[1] != self.owner:
                 grant.gone.add(request.key)
                 continue
             if found is not None and found[0] == "running":
-                grant.granted.add(request.key)  # taken over mid-run: its slot is counted
+                # Taken over mid-run (its slot is counted), or the lease of this instance's
+                # previous run of the schedule, not yet released: it is this run's now.
+                self._run(
+                    connection,
+                    "UPDATE leases SET run_id = ? WHERE site = ? AND schedule = ?",
+                    (request.run_id, site, schedule),
+                )
+                grant.granted.add(request.key)
                 continue
             if site in busy_sites or running >= max_concurrent:
                 continue
             cap = None if request.group is None else group_caps.get(request.group)
             if cap is not None and group_running.get(request.group or "", 0) >= cap:
                 continue
-            self._run(
+            taken = self._run(
                 connection,
                 "INSERT INTO leases"
-                " (site, schedule, state, owner, expires_at, fire_at, group_name)"
-                " VALUES (?, ?, 'running', ?, :now + ?, ?, ?)"
+                " (site, schedule, state, owner, expires_at, fire_at, group_name, run_id)"
+                " VALUES (?, ?, 'running', ?, :now + ?, ?, ?, ?)"
                 " ON CONFLICT (site, schedule) DO UPDATE SET state = 'running',"
-                " expires_at = excluded.expires_at, group_name = excluded.group_name",
+                " expires_at = excluded.expires_at, group_name = excluded.group_name,"
+                " run_id = excluded.run_id"
+                " WHERE leases.owner = excluded.owner RETURNING site",
                 (
                     site,
                     schedule,
@@ -407,8 +483,12 @@ class PostgresCoordinator:
                     self.lease_seconds,
                     _ts(request.fire_at),
                     request.group,
+                    request.run_id,
                 ),
-            )
+            ).fetchone()
+            if taken is None:
+                grant.gone.add(request.key)
+                continue
             # The lease holder owns the run's checkpoint from now on.
             self._run(
                 connection,
@@ -422,7 +502,12 @@ class PostgresCoordinator:
             grant.granted.add(request.key)
         return grant
 
-    def _renew(self, connection: Connection, releases: dict[ScheduleKey, bool]) -> set[ScheduleKey]:
+    def _release_and_renew(
+        self,
+        connection: Connection,
+        releases: dict[ScheduleKey, bool],
+        held: set[ScheduleKey] | None,
+    ) -> set[ScheduleKey] | None:
         for (site, schedule), hand_over in releases.items():
             if hand_over:
                 self._run(
@@ -437,21 +522,34 @@ class PostgresCoordinator:
                     "DELETE FROM leases WHERE site = ? AND schedule = ? AND owner = ?",
                     (site, schedule, self.owner),
                 )
+        if held is None:
+            return None
+        names = [f"{site}/{schedule}" for site, schedule in held]
+        # Leases of this owner it does not hold (a claim or takeover whose reply was lost)
+        # are handed over, not renewed forever.
+        self._run(
+            connection,
+            "UPDATE leases SET expires_at = 0 WHERE owner = ? AND expires_at > 0"
+            " AND NOT (site || '/' || schedule = ANY(?))",
+            (self.owner, names),
+        )
         rows = self._run(
             connection,
             "UPDATE leases SET expires_at = :now + ? WHERE owner = ? AND expires_at > 0"
-            " RETURNING site, schedule",
-            (self.lease_seconds, self.owner),
+            " AND site || '/' || schedule = ANY(?) RETURNING site, schedule",
+            (self.lease_seconds, self.owner, names),
         ).fetchall()
         return {(site, schedule) for site, schedule in rows}
 
-    def _take_over(self, connection: Connection, limit: int) -> list[Takeover]:
+    def _take_over(
+        self, connection: Connection, limit: int, held: set[ScheduleKey]
+    ) -> list[Takeover]:
         rows = self._run(
             connection,
             "SELECT site, schedule, state, owner, fire_at FROM leases"
-            " WHERE expires_at < :now AND owner <> ?"
+            " WHERE expires_at < :now AND NOT (owner = ? AND site || '/' || schedule = ANY(?))"
             " ORDER BY fire_at LIMIT ? FOR UPDATE SKIP LOCKED",
-            (self.owner, limit),
+            (self.owner, [f"{site}/{schedule}" for site, schedule in held], limit),
         ).fetchall()
         taken: list[Takeover] = []
         for site, schedule, state, owner, fire_at in rows:
@@ -479,8 +577,8 @@ class PostgresCoordinator:
                     except ValueError as error:
                         log.error("%s/%s: unreadable checkpoint: %s", site, schedule, error)
                 if resume is None:
-                    # Crashed before its first checkpoint was committed, so before
-                    # startBackup went out: the fire is started afresh.
+                    # A run's first checkpoint is committed before its startBackup goes out,
+                    # and its lease deleted with its last one: this run never started.
                     self._run(
                         connection,
                         "UPDATE leases SET state = 'queued' WHERE site = ? AND schedule = ?",
@@ -509,7 +607,8 @@ class PostgresCoordinator:
             "SELECT id, site, schedule, run_id, outcome, reason, message, started_at,"
             " finished_at, duration_seconds, warnings, archive, archive_size_bytes,"
             " backup_record_id FROM runs WHERE id > ? ORDER BY id",
-            (self._last_run_id,),
+            # Ids are handed out before commit: read a margin again (known runs are skipped).
+            (self._last_run_id - RUN_ID_OVERLAP,),
         ).fetchall():
             self._last_run_id = max(self._last_run_id, int(row[0]))
             changes.runs.append(_finished_run(row[1:]))

@@ -247,8 +247,10 @@ def _step_may_still_run(error: TransportError) -> bool:
     return isinstance(error, HttpError) and error.http_status in GATEWAY_TIMEOUT_STATUSES
 
 
-class _CallsForbidden(Exception):
-    """This run may no longer call the site (its lease may belong to another instance)."""
+class CallsForbidden(Exception):
+    """The run may not call the site (now): it stops, SUSPENDED and resumable by whoever
+    holds it. Raised by a ``before_start`` hook that could not make the run findable, and
+    when ``may_call`` says no (the lease may belong to another instance)."""
 
 
 class _StepEnded(Exception):
@@ -357,15 +359,10 @@ class BackupRun:
             result = await self._succeed(record)
         except AkeebaError as error:
             result = self._failed(error.reason, error.message)
-        except _CallsForbidden:
+        except CallsForbidden as forbidden:
             # The last call may have been cut short: the checkpoint is not a clean one.
             result = replace(
-                self._result(
-                    RunOutcome.SUSPENDED,
-                    None,
-                    "stepping stopped: this instance's lease on the run may have passed to "
-                    "another instance",
-                ),
+                self._result(RunOutcome.SUSPENDED, None, f"stepping stopped: {forbidden}"),
                 checkpoint=self.checkpoint(),
             )
         return self._finish(result)
@@ -768,7 +765,9 @@ class BackupRun:
         if self._may_call is not None and not self._may_call():
             if asyncio.iscoroutine(call):
                 call.close()  # never sent: no "coroutine was never awaited" warning
-            raise _CallsForbidden
+            raise CallsForbidden(
+                "this instance's lease on the run may have passed to another instance"
+            )
         remaining = self._check_time()
         try:
             async with asyncio.timeout(remaining):

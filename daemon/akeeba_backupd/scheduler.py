@@ -161,6 +161,10 @@ class ScheduleEntry:
     """The in-flight run a queued entry continues instead of starting a new one."""
     remote_owner: str | None = None
     """The instance running this schedule's backup, when another one does (fleet mode)."""
+    run_id: str | None = None
+    """The id the queued run will have (fleet mode: its lease carries it)."""
+    run_now: bool = False
+    """The queued run was asked for (run-now), so it has no lease yet (fleet mode)."""
 
     @property
     def key(self) -> ScheduleKey:
@@ -204,6 +208,7 @@ class _Decision:
 class _PendingClaim:
     entry: ScheduleEntry
     fire_at: datetime
+    due_at: datetime
     decision: _Decision
 
 
@@ -375,10 +380,16 @@ class Scheduler:
             return
         decision = self._catch_up_decision(entry, latest, now)
         if self._coordinator is not None:
-            self._claims.append(_PendingClaim(entry, latest, decision))
+            self._add_claim(_PendingClaim(entry, latest, latest, decision))
             return
         self._note_fire(entry, latest)
         self._act(entry, latest, decision, now)
+
+    def _add_claim(self, claim: _PendingClaim) -> None:
+        # One claim per schedule: fires piling up while the database is away are one
+        # catch-up at most, never one run per missed slot.
+        self._claims = [pending for pending in self._claims if pending.entry is not claim.entry]
+        self._claims.append(claim)
 
     def _catch_up_decision(
         self, entry: ScheduleEntry, latest: datetime, now: datetime
@@ -387,6 +398,14 @@ class Scheduler:
         if entry.paused:
             return _Decision(_Act.RECORD)
         age_seconds = (now - latest).total_seconds()
+        if age_seconds <= settings.jitter_seconds + MISFIRE_TOLERANCE_SECONDS:
+            # No later than a running daemon may take a fire (jitter, a busy loop): it is
+            # this fire's normal run, not a missed one, whatever the misfire policy says.
+            if entry.state is not ScheduleState.IDLE:
+                return _Decision(
+                    _Act.SKIP, SkipReason.OVERLAP, "in-flight run resumed at its fire time"
+                )
+            return _Decision(_Act.RUN)
         if settings.misfire is MisfirePolicy.SKIP or age_seconds > settings.misfire_grace_seconds:
             return _Decision(
                 _Act.SKIP,
@@ -421,6 +440,10 @@ class Scheduler:
         """Record the fire time before ``now`` as seen, so the next start can tell what it
         missed. A schedule whose cron never fired before ``now`` gets no baseline yet."""
         settings = entry.schedule.settings
+        if self._coordinator is not None:
+            # Fires other instances may still take (jitter, a busy loop) are theirs to claim:
+            # marking them taken here would make their claims lose.
+            now -= timedelta(seconds=settings.jitter_seconds + MISFIRE_TOLERANCE_SECONDS)
         latest = previous_fire_time(entry.schedule.cron, now, settings.timezone)
         if latest is not None:
             self._note_fire(entry, latest)
@@ -497,6 +520,7 @@ class Scheduler:
             )
         if self._stopping:
             raise SchedulerError("the daemon is shutting down", 503)
+        entry.run_now = True
         self._enqueue(entry, self._clock.now())
         self._wake()
         return entry
@@ -658,7 +682,7 @@ class Scheduler:
         self._reschedule(entry, now)
         decision = self._fire_decision(entry, fire_at, latest, due_at, now)
         if self._coordinator is not None:
-            self._claims.append(_PendingClaim(entry, latest, decision))
+            self._add_claim(_PendingClaim(entry, latest, due_at, decision))
             return
         self._note_fire(entry, latest)
         self._act(entry, latest, decision, now)
@@ -730,6 +754,18 @@ class Scheduler:
         if coordinator is None or not self._claims:
             return True
         claims, self._claims = self._claims, []
+        # Decided when due; decided again now, late by however long the database was away.
+        claims = [
+            _PendingClaim(
+                claim.entry,
+                claim.fire_at,
+                claim.due_at,
+                self._fire_decision(claim.entry, claim.fire_at, claim.fire_at, claim.due_at, now)
+                if claim.decision.act is _Act.RUN
+                else claim.decision,
+            )
+            for claim in claims
+        ]
         try:
             results = await coordinator.claim_fires(
                 [
@@ -744,7 +780,9 @@ class Scheduler:
                 ]
             )
         except StateError:
-            self._claims = claims + self._claims
+            for claim in claims:
+                if all(pending.entry is not claim.entry for pending in self._claims):
+                    self._claims.append(claim)
             return False
         for claim in claims:
             entry = claim.entry
@@ -776,12 +814,20 @@ class Scheduler:
             return
         sites = set(self._busy_sites)
         requests: list[RunSlotRequest] = []
+        resumes: set[ScheduleKey] = set()
         for fire_at, key in self._queue:
             entry = self._entries[key]
             if entry.site.name in sites:
                 continue
             sites.add(entry.site.name)
-            requests.append(RunSlotRequest(key, entry.site.group, fire_at))
+            if entry.resume is not None:
+                entry.run_id = entry.resume.checkpoint.run_id
+                resumes.add(key)
+            elif entry.run_id is None:
+                entry.run_id = make_run_id(fire_at)
+            requests.append(
+                RunSlotRequest(key, entry.site.group, fire_at, entry.run_id, entry.run_now)
+            )
         if not requests:
             return
         try:
@@ -807,7 +853,9 @@ class Scheduler:
         for key in grant.granted:
             started = self._entries.get(key)
             if started is None or started.state is not ScheduleState.RUNNING:
-                coordinator.release(key, hand_over=True)
+                # Dropped meanwhile (cancel, pause, reload): only a backup in flight on the
+                # server is handed over; a fire that never started is let go.
+                coordinator.release(key, hand_over=key in resumes)
 
     # --- fleet mode: leases, takeovers, what the other instances changed ----------------
 
@@ -827,6 +875,8 @@ class Scheduler:
                         pass  # lease_valid() turns False in time; runs stop on their own
                 if self._halted():
                     return
+                with contextlib.suppress(StateError):
+                    await coordinator.send_releases()
                 # Expired leases are looked for every tick: a takeover comes within a tick of
                 # the expiry, not a whole renewal interval later.
                 with contextlib.suppress(StateError):
@@ -956,7 +1006,11 @@ class Scheduler:
         fire_at = entry.queued_fire_at or self._clock.now()
         entry.queued_fire_at = None
         resume, entry.resume = entry.resume, None
-        run_id = resume.checkpoint.run_id if resume is not None else make_run_id(fire_at)
+        run_id = (
+            resume.checkpoint.run_id if resume is not None else entry.run_id or make_run_id(fire_at)
+        )
+        entry.run_id = None
+        entry.run_now = False
         run = self._factory.create_run(
             entry.site, entry.schedule, run_id, _EntryObserver(entry, self._observer), resume
         )
@@ -1069,6 +1123,8 @@ class Scheduler:
         if release and self._coordinator is not None:
             self._coordinator.release(entry.key, hand_over=False)
         entry.resume = None
+        entry.run_id = None
+        entry.run_now = False
         if entry.queued_fire_at is not None:
             with contextlib.suppress(ValueError):
                 self._queue.remove((entry.queued_fire_at, entry.key))

@@ -48,6 +48,7 @@ from akeeba_backupd.fleet import PostgresCoordinator
 from akeeba_backupd.metrics import DaemonView, FleetCollector
 from akeeba_backupd.run import (
     BackupRun,
+    CallsForbidden,
     Checkpoint,
     RunBegan,
     RunEvent,
@@ -640,7 +641,14 @@ class Service:
         # Committed before startBackup goes out: after a crash the run is found and adopted
         # by its tag instead of being forgotten while the server backs up.
         self._store.save_checkpoint(checkpoint, self._clock.now())
-        await self._store.flush()
+        committed = await self._store.flush()
+        if not committed and self._coordinator is not None:
+            # In a fleet, an instance taking this run over must find it started or not: a
+            # startBackup without a committed checkpoint could be sent again by the taker.
+            raise CallsForbidden(
+                f"the run's first checkpoint could not be committed ({self._store.problem}); "
+                "startBackup not sent"
+            )
 
     # --- the scheduler's listener: what the state store keeps ---------------------------
 
@@ -670,7 +678,8 @@ class Service:
                 if result.checkpoint is not None:
                     self._store.save_checkpoint(result.checkpoint, result.finished_at)
                 return
-            self._store.drop_checkpoint(event.site, event.schedule)
+            # The run's lease goes in the same transaction as its checkpoint (fleet mode).
+            self._store.drop_checkpoint(event.site, event.schedule, event.run_id)
             entry = (
                 None
                 if self._scheduler is None

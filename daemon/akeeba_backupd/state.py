@@ -233,8 +233,20 @@ def checkpoint_from_json(text: str) -> Checkpoint:
 # --- the store --------------------------------------------------------------------------------
 
 
-# A fire time only moves forward under the same timing: a late write of one instance never
-# takes back a fire another one has claimed since. ``:now`` is the database's clock.
+# One daemon: the last write wins (a clock set back moves the last fire time back with it).
+_UPSERT_STATS_LOCAL: Final = (
+    "INSERT INTO schedule_state"
+    " (site, schedule, data, last_fire_at, fire_timing, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, :now)"
+    " ON CONFLICT (site, schedule) DO UPDATE SET"
+    " data = excluded.data, updated_at = excluded.updated_at,"
+    " fire_timing = CASE WHEN excluded.last_fire_at IS NULL"
+    " THEN schedule_state.fire_timing ELSE excluded.fire_timing END,"
+    " last_fire_at = coalesce(excluded.last_fire_at, schedule_state.last_fire_at)"
+)
+# Shared database: a fire time only moves forward under the same timing, so a late write of
+# one instance never takes back a fire another one has claimed since. ``:now`` is the
+# database's clock.
 _UPSERT_STATS: Final = (
     "INSERT INTO schedule_state"
     " (site, schedule, data, last_fire_at, fire_timing, updated_at)"
@@ -254,16 +266,43 @@ _UPSERT_STATS: Final = (
 )
 
 
+_UPSERT_CHECKPOINT: Final = (
+    "INSERT INTO inflight (site, schedule, run_id, checkpoint, saved_at, owner)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (site, schedule) DO UPDATE SET"
+    " run_id = excluded.run_id, checkpoint = excluded.checkpoint,"
+    " saved_at = excluded.saved_at, owner = excluded.owner"
+)
+# Shared database: only the instance holding the schedule's lease writes its checkpoint, so a
+# late write of one that lost the run never lands, not even where no row is left.
+_UPSERT_OWN_CHECKPOINT: Final = (
+    "INSERT INTO inflight (site, schedule, run_id, checkpoint, saved_at, owner)"
+    " SELECT ?, ?, ?, ?, ?, owner FROM leases"
+    " WHERE site = ? AND schedule = ? AND owner = ?"
+    " ON CONFLICT (site, schedule) DO UPDATE SET"
+    " run_id = excluded.run_id, checkpoint = excluded.checkpoint,"
+    " saved_at = excluded.saved_at, owner = excluded.owner"
+)
+
+
 @dataclass(slots=True)
 class _Pending:
     stats: dict[ScheduleKey, tuple[str, float | None, str | None]] = field(default_factory=dict)
     runs: list[FinishedRun] = field(default_factory=list)
     checkpoints: dict[ScheduleKey, tuple[Checkpoint, float] | None] = field(default_factory=dict)
+    ended_runs: dict[ScheduleKey, str] = field(default_factory=dict)
     pauses: dict[ScheduleKey, bool] = field(default_factory=dict)
     forget: set[ScheduleKey] = field(default_factory=set)
 
     def empty(self) -> bool:
-        return not (self.stats or self.runs or self.checkpoints or self.pauses or self.forget)
+        return not (
+            self.stats
+            or self.runs
+            or self.checkpoints
+            or self.ended_runs
+            or self.pauses
+            or self.forget
+        )
 
 
 class StateStore:
@@ -434,9 +473,13 @@ class StateStore:
         )
         self._queued()
 
-    def drop_checkpoint(self, site: str, schedule: str) -> None:
-        """Queue the removal of a run's checkpoint (it finished)."""
+    def drop_checkpoint(self, site: str, schedule: str, run_id: str | None = None) -> None:
+        """Queue the removal of a run's checkpoint (it finished); with ``run_id``, the lease
+        that run held goes in the same transaction (so no instance can find the lease still
+        running once the checkpoint is gone, and take the run for one never started)."""
         self._pending.checkpoints[(site, schedule)] = None
+        if run_id is not None:
+            self._pending.ended_runs[(site, schedule)] = run_id
         self._queued()
 
     def set_paused(self, site: str, schedule: str, paused: bool) -> None:
@@ -478,8 +521,9 @@ class StateStore:
             self._connection.close()
             self._connection = None
 
-    async def flush(self, *, retry_now: bool = False) -> None:
-        """Commit every queued write now.
+    async def flush(self, *, retry_now: bool = False) -> bool:
+        """Commit every queued write now; return True when all written before the call are
+        committed (False: the store is unavailable, and they wait for the next try).
 
         While the file is unavailable the writes stay queued (coalesced) for the next try, at
         most once per reopen interval unless ``retry_now``; they are dropped only by a store
@@ -494,13 +538,14 @@ class StateStore:
             done = self._attempt_done
             await done.wait()
         if self._committed_seq >= target:
-            return
+            return True
         async with self._write_lock:
             try:
                 await self._commit_pending(retry_now=retry_now)
             finally:
                 self._attempt_done.set()
                 self._attempt_done = asyncio.Event()
+        return self._committed_seq >= target
 
     async def _commit_pending(self, *, retry_now: bool) -> None:
         if self._pending.empty():
@@ -559,6 +604,7 @@ class StateStore:
         pending.stats = {**batch.stats, **pending.stats}
         pending.runs = [*batch.runs, *pending.runs]
         pending.checkpoints = {**batch.checkpoints, **pending.checkpoints}
+        pending.ended_runs = {**batch.ended_runs, **pending.ended_runs}
         pending.pauses = {**batch.pauses, **pending.pauses}
         pending.forget = batch.forget | pending.forget
 
@@ -574,7 +620,9 @@ class StateStore:
         try:
             for (site, schedule), (data, last_fire_at, fire_timing) in batch.stats.items():
                 run(
-                    _UPSERT_STATS.replace(":now", database.now),
+                    (_UPSERT_STATS_LOCAL if self._owner is None else _UPSERT_STATS).replace(
+                        ":now", database.now
+                    ),
                     (site, schedule, data, last_fire_at, fire_timing),
                 )
             touched: set[ScheduleKey] = set()
@@ -618,22 +666,23 @@ class StateStore:
                     )
                 else:
                     checkpoint, saved_at = saved
-                    run(
-                        "INSERT INTO inflight (site, schedule, run_id, checkpoint, saved_at, owner)"
-                        " VALUES (?, ?, ?, ?, ?, ?)"
-                        " ON CONFLICT (site, schedule) DO UPDATE SET"
-                        " run_id = excluded.run_id, checkpoint = excluded.checkpoint,"
-                        " saved_at = excluded.saved_at, owner = excluded.owner"
-                        " WHERE inflight.owner IS NULL OR inflight.owner = excluded.owner",
-                        (
-                            site,
-                            schedule,
-                            checkpoint.run_id,
-                            checkpoint_to_json(checkpoint),
-                            saved_at,
-                            self._owner,
-                        ),
+                    values = (
+                        site,
+                        schedule,
+                        checkpoint.run_id,
+                        checkpoint_to_json(checkpoint),
+                        saved_at,
+                        self._owner,
                     )
+                    if self._owner is None:
+                        run(_UPSERT_CHECKPOINT, values)
+                    else:
+                        run(_UPSERT_OWN_CHECKPOINT, (*values[:5], site, schedule, self._owner))
+            for (site, schedule), run_id in batch.ended_runs.items():
+                run(
+                    "DELETE FROM leases WHERE site = ? AND schedule = ? AND run_id = ?",
+                    (site, schedule, run_id),
+                )
             for (site, schedule), paused in batch.pauses.items():
                 if paused:
                     run(
