@@ -324,6 +324,14 @@ async def scenario_burst(args: argparse.Namespace, workdir: Path) -> list[Row]:
                     record[3] - due[record[0]] for record in trace if record[1] == "startBackup"
                 ]
                 delays += step_delays(trace, args.sleep_time_ms / 1000)
+                for method in ("getVersion", "getProfiles", "startBackup"):
+                    lags = [record[3] - due[record[0]] for record in trace if record[1] == method]
+                    if lags:
+                        print(
+                            f"  burst #{repetition + 1}: {method} arrival lag p50/p99 "
+                            f"{median(lags) * 1000:.0f}/{percentile(lags, 99) * 1000:.0f} ms",
+                            file=sys.stderr,
+                        )
                 print(
                     f"  burst #{repetition + 1}: {len(runs)} runs in {wall:.1f} s, daemon CPU "
                     f"{cpu_daemon[-1]:.0f} %, simulator CPU {cpu_sim[-1]:.0f} %",

@@ -37,6 +37,10 @@ __all__ = ["CONTROL_SETTINGS", "Faults", "SimulatedSite", "Simulator", "SiteSpec
 # --- what a site is and what can go wrong with it ----------------------------------------------
 
 
+LISTEN_BACKLOG: Final = 4096
+"""Pending connections the simulator's socket queues (the kernel caps it at somaxconn)."""
+
+
 @dataclass
 class Faults:
     """Faults injected into one site; "step k" is the k-th stepBackup call of a backup, from 1."""
@@ -1422,7 +1426,10 @@ class Simulator:
         runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            # A fleet's worth of connections may arrive at once (1,000 fires due in one
+            # minute): with aiohttp's default backlog of 128 the kernel drops the SYNs past it
+            # and clients retry a second later, a delay no real fleet of servers would add.
+            await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
         except BaseException:
             await runner.cleanup()
             raise
