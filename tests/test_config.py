@@ -1034,3 +1034,182 @@ def test_state_mistakes_are_reported_with_path_and_line(
 ) -> None:
     error = load_error(write(tmp_path, block + "\n" + STATE_SITES.lstrip("\n")), environ)
     assert issue_lines(error) == expected
+
+
+# --- libyaml and the pure-Python parser agree ---------------------------------------------------
+
+
+def _load_outcome(path: Path, environ: dict[str, str], *, libyaml: bool) -> Config | str:
+    """Return the Config loaded from ``path``, or its error as printed; ``libyaml=False`` makes
+    the loader use PyYAML's pure-Python parser only (as it did before libyaml was used)."""
+    from akeeba_backupd import config as config_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        if not libyaml:
+            patch.setattr(config_module, "_CSAFE_LOADER", None)
+        try:
+            return load_config(path, environ)
+        except ConfigError as error:
+            return str(error)
+
+
+def _libyaml_example() -> str:
+    """Return config/example.yaml without the lines that send it to the pure-Python parser."""
+    from akeeba_backupd.config import _libyaml_agrees
+
+    lines = EXAMPLE.read_text().split("\n")
+    return "\n".join(line for line in lines if _libyaml_agrees(line))
+
+
+@st.composite
+def mutated_libyaml_example(draw: st.DrawFn) -> str:
+    """Return the libyaml-friendly example with one to four random edits (as mutated_example)."""
+    lines = _libyaml_example().split("\n")
+    noise = "".join(character for character in _NOISE if character not in "\t?|>%")
+    for _ in range(draw(st.integers(1, 4))):
+        index = draw(st.integers(0, len(lines) - 1))
+        line = lines[index]
+        edit = draw(st.sampled_from(["delete", "swap", "indent", "dedent", "insert", "repeat"]))
+        column = draw(st.integers(0, max(len(line) - 2, 0)))
+        if edit == "delete":
+            del lines[index]
+        elif edit == "swap" and len(line) >= 2:
+            lines[index] = line[:column] + line[column + 1] + line[column] + line[column + 2 :]
+        elif edit == "indent":
+            lines[index] = " " * draw(st.integers(1, 3)) + line
+        elif edit == "dedent":
+            lines[index] = line[draw(st.integers(1, 3)) :]
+        elif edit == "insert":
+            lines[index] = line[:column] + draw(st.sampled_from(noise)) + line[column:]
+        else:
+            lines.insert(index, lines[draw(st.integers(0, len(lines) - 1))])
+    return "\n".join(lines)
+
+
+@settings(
+    deadline=None,
+    max_examples=150,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(text=mutated_libyaml_example())
+def test_libyaml_and_pure_python_parsing_give_the_same_config_or_errors(
+    tmp_path: Path, example_environ: dict[str, str], text: str
+) -> None:
+    """Whatever a random edit does, the config (or every error, with its line and column) is
+    the same whether libyaml composes the YAML or PyYAML's pure-Python parser does."""
+    path = tmp_path / "fuzzed.yaml"
+    path.write_text(text)
+    fast = _load_outcome(path, example_environ, libyaml=True)
+    assert fast == _load_outcome(path, example_environ, libyaml=False)
+
+
+def test_libyaml_example_takes_the_libyaml_path_and_loads_the_same(
+    tmp_path: Path, example_environ: dict[str, str]
+) -> None:
+    """The example minus its '?' and '<…>' lines goes to libyaml, with the same result."""
+    from akeeba_backupd.config import _libyaml_agrees
+
+    text = _libyaml_example()
+    assert _libyaml_agrees(text)
+    path = write(tmp_path, text, "example.yaml")
+    fast = _load_outcome(path, example_environ, libyaml=True)
+    assert fast == _load_outcome(path, example_environ, libyaml=False)
+
+
+def test_libyaml_path_keeps_lines_and_yaml11_traps(tmp_path: Path, environ: dict[str, str]) -> None:
+    """Plain scalars from libyaml (style "" rather than None) are still checked for YAML 1.1
+    traps, and every issue keeps its line."""
+    from akeeba_backupd.config import _libyaml_agrees
+
+    text = """
+    sites:
+      - name: shop
+        url: "https://shop.example.com"
+        secret_file: $CREDENTIALS_DIRECTORY/shop
+        verify: yes
+        schedules:
+          - name: nightly
+            cron: "0 2 * * *"
+            profile: 0
+          -
+          - name: lunch
+            cron: "0 12 * * *"
+            jitter: 1:30
+    """
+    assert _libyaml_agrees(textwrap.dedent(text))
+    path = write(tmp_path, text)
+    error = load_error(path, environ)
+    assert issue_lines(error) == [
+        "sites[0].verify: unquoted 'yes' is the boolean true in YAML 1.1: write true or false, "
+        'or quote it ("yes") if you mean the text (line 5)',
+        "sites[0].schedules[0].profile: must be at least 1, got 0 (line 9)",
+        "sites[0].schedules[1]: expected a mapping, got null (line 10)",
+        "sites[0].schedules[2].jitter: unquoted '1:30' is the base-60 number 90 in YAML 1.1: "
+        'quote it ("1:30") (line 13)',
+    ]
+    assert str(error) == _load_outcome(path, environ, libyaml=False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "listen:\t'127.0.0.1:9489'\n",  # libyaml takes a tab as a separator
+        "sites:\n  - name: shop\n    labels: {tier?: gold}\n",  # and '?' in a flow mapping
+        "defaults:\n  jitter: |# note\n    1s\n",  # and a comment right after '|'
+        "%YAML 1.3\n---\nsites: []\n",  # and refuses a YAML 1.3 directive
+        "sites: " + "[" * 600 + "]" * 600 + "\n",
+    ],
+    ids=["tab", "question mark", "block scalar comment", "yaml 1.3", "deep nesting"],
+)
+def test_texts_libyaml_reads_differently_go_to_the_pure_python_parser(
+    tmp_path: Path, environ: dict[str, str], text: str
+) -> None:
+    """Where libyaml and PyYAML disagree, the message is PyYAML's, as it always was."""
+    from akeeba_backupd.config import _libyaml_agrees
+
+    assert not _libyaml_agrees(text)
+    path = write(tmp_path, text)
+    assert _load_outcome(path, environ, libyaml=True) == _load_outcome(path, environ, libyaml=False)
+
+
+def test_schedules_without_settings_share_their_sites_settings(
+    tmp_path: Path, environ: dict[str, str]
+) -> None:
+    """A schedule (or site) that sets no run setting has exactly its parent's settings."""
+    path = write(
+        tmp_path,
+        """
+        defaults:
+          timezone: Europe/Amsterdam
+        sites:
+          - name: shop
+            url: "https://shop.example.com"
+            secret_file: $CREDENTIALS_DIRECTORY/shop
+            schedules:
+              - name: plain
+                cron: "0 2 * * *"
+              - name: own
+                cron: "0 3 * * *"
+                jitter: 5m
+          - name: blog
+            url: "https://blog.example.com"
+            secret_env: BLOG_SECRET
+            stall_timeout: 1h
+            schedules:
+              - name: plain
+                cron: "0 4 * * *"
+              - name: explicit-null
+                cron: "0 5 * * *"
+                timezone: null
+        """,
+    )
+    shop, blog = load_config(path, environ).sites
+    assert shop.schedules[0].settings == shop.settings
+    assert shop.settings.timezone == ZoneInfo("Europe/Amsterdam")
+    assert shop.schedules[1].settings.jitter_seconds == 300.0
+    assert shop.schedules[1].settings.timezone == ZoneInfo("Europe/Amsterdam")
+    assert shop.settings.jitter_seconds == 0.0
+    assert blog.settings.stall_timeout_seconds == 3600.0
+    assert shop.settings.stall_timeout_seconds == 1800.0
+    assert blog.schedules[0].settings == blog.settings
+    assert blog.schedules[1].settings == blog.settings

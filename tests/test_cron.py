@@ -456,3 +456,122 @@ def test_next_and_previous_agree(
     assert before is None or before <= moment
     if before is not None:
         assert next_fire_time(schedule, before, zone) == fire
+
+
+# --- memoised answers are the computed ones -------------------------------------------------------
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    expression=EXPRESSIONS,
+    key=st.text(min_size=1, max_size=20),
+    zone=ZONES,
+    moment=INSTANTS,
+    offsets=st.lists(st.integers(-3 * 86400, 40 * 86400), min_size=1, max_size=6),
+)
+def test_memoised_fire_times_equal_computed_ones(
+    expression: str, key: str, zone: ZoneInfo, moment: datetime, offsets: list[int]
+) -> None:
+    """next/previous_fire_time answer from their memo for instants near an earlier question:
+    always exactly what the computation itself gives."""
+    from akeeba_backupd import cron
+
+    try:
+        schedule = parse_cron(expression, key)
+    except CronError:
+        reject()
+    for offset in offsets:
+        instant = moment + timedelta(seconds=offset)
+        fire = next_fire_time(schedule, instant, zone)
+        assert fire == cron._next_fire_time(schedule.resolved, instant, zone)
+        assert fire.tzinfo is UTC
+        # The instants in between, and the fire time itself, hit the memo.
+        for probe in (instant + (fire - instant) / 2, fire - timedelta(microseconds=1), fire):
+            assert next_fire_time(schedule, probe, zone) == cron._next_fire_time(
+                schedule.resolved, probe, zone
+            )
+        latest = previous_fire_time(schedule, instant, zone)
+        assert latest == cron._previous_fire_time(schedule.resolved, instant, zone)
+        if latest is not None:
+            for probe in (latest, latest + (instant - latest) / 2, instant):
+                assert previous_fire_time(schedule, probe, zone) == cron._previous_fire_time(
+                    schedule.resolved, probe, zone
+                )
+
+
+def test_memoised_fire_times_walk_a_fleet_sharing_an_expression() -> None:
+    """Schedules sharing a resolved expression, rescheduled moments apart, get the same fires;
+    the memo is per zone."""
+    schedule = parse_cron("30 2 * * *", KEY)
+    now = at("2024-03-30T12:00:00Z")
+    fires = {next_fire_time(schedule, now + timedelta(seconds=n), AMSTERDAM) for n in range(50)}
+    assert fires == {at("2024-03-31T03:30:00+02:00")}
+    assert next_fire_time(schedule, now, NEW_YORK) == at("2024-03-31T02:30:00-04:00")
+    assert next_fire_time(schedule, now, AMSTERDAM) == at("2024-03-31T03:30:00+02:00")
+    # Right at and after the fire time the next one is a day later (23 h of the short day).
+    fire = at("2024-03-31T03:30:00+02:00")
+    assert next_fire_time(schedule, fire, AMSTERDAM) == at("2024-04-01T02:30:00+02:00")
+    assert previous_fire_time(schedule, fire, AMSTERDAM) == fire
+    assert previous_fire_time(schedule, fire - timedelta(microseconds=1), AMSTERDAM) == at(
+        "2024-03-30T02:30:00+01:00"
+    )
+
+
+SINGLE_MINUTE_HOUR_EXPRESSIONS = st.tuples(
+    st.integers(0, 59).map(str) | _field(range(60)),
+    st.integers(0, 23).map(str) | _field(range(24)),
+    _field(range(1, 32)),
+    _field(range(1, 13), ("jan", "jun", "dec")),
+    _field(range(8), ("mon", "fri", "sun")),
+).map(" ".join)
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    expression=SINGLE_MINUTE_HOUR_EXPRESSIONS,
+    key=st.text(min_size=1, max_size=20),
+    moment=INSTANTS,
+)
+def test_expected_interval_in_utc_is_shared_across_times_of_day(
+    expression: str, key: str, moment: datetime
+) -> None:
+    """In UTC a single minute or hour is moved to 0 before the memoised computation: the result
+    is exactly the one computed for the expression itself."""
+    from akeeba_backupd import cron
+
+    try:
+        schedule = parse_cron(expression, key)
+    except CronError:
+        reject()
+    computed = cron._expected_interval_seconds.__wrapped__(
+        schedule.resolved, UTC_ZONE, moment.date()
+    )
+    assert expected_interval_seconds(schedule, UTC_ZONE, moment) == computed
+
+
+def test_expected_interval_is_not_shared_across_times_of_day_in_zones_with_dst() -> None:
+    """Outside UTC the time of day matters: 02:30 falls in Amsterdam's spring-forward gap."""
+    now = at("2024-03-30T00:00:00Z")
+    assert expected_interval_seconds(parse_cron("30 2 * * *", KEY), AMSTERDAM, now) == DAY
+    assert expected_interval_seconds(parse_cron("30 12 * * *", KEY), AMSTERDAM, now) == DAY
+    assert expected_interval_seconds(parse_cron("30 * * * *", AMSTERDAM.key), AMSTERDAM, now) == (
+        3600
+    )
+
+
+def test_parse_cron_gives_the_same_answers_from_its_caches() -> None:
+    """Fields, H items and fire checks are cached by text: repeating a parse gives the same
+    schedule or the same error, and H still depends on the key."""
+    for _ in range(3):
+        assert (
+            parse_cron("H 2 * * 1-5", "a/b").resolved == parse_cron("H 2 * * 1-5", "a/b").resolved
+        )
+        with pytest.raises(CronError, match="it never fires"):
+            parse_cron("0 0 31 2 *", KEY)
+        with pytest.raises(CronError, match=r"minute 'H\(5-1\)' has its range backwards"):
+            parse_cron("H(5-1) * * * *", KEY)
+        with pytest.raises(CronError, match="hour 24 is out of range 0-23"):
+            parse_cron("0 24 * * *", KEY)
+    resolved = {parse_cron("H H * * *", f"site-{n}/s").resolved for n in range(100)}
+    assert len(resolved) > 50
+    assert parse_cron("0 9 * * MON", KEY).resolved == "0 9 * * mon"

@@ -738,6 +738,7 @@ class ConfigError(Exception):
 Loc = tuple[str | int, ...]
 
 _TAG = "tag:yaml.org,2002:"
+_STR_TAG: Final = f"{_TAG}str"
 _SCALAR_TAGS: Final = frozenset(
     f"{_TAG}{name}" for name in ("null", "bool", "int", "float", "str", "timestamp")
 )
@@ -861,7 +862,9 @@ class _NodeReader:
 
     def _scalar(self, node: ScalarNode, path: Loc, marks: _Marks) -> object:
         value = self._construct(node, path)
-        if node.style is None:  # only unquoted scalars are resolved by YAML 1.1 rules
+        # Only unquoted scalars are resolved by YAML 1.1 rules (plain style: None, or "" from
+        # libyaml).
+        if not node.style:
             trap = _yaml11_trap(node, value)
             if trap is not None:
                 self._report(path, trap, _line(node))
@@ -869,6 +872,8 @@ class _NodeReader:
         return value
 
     def _construct(self, node: ScalarNode, path: Loc) -> object:
+        if node.tag == _STR_TAG:  # what SafeConstructor.construct_yaml_str returns, faster
+            return node.value
         if node.tag not in _SCALAR_TAGS:
             self._report(path, f"unsupported YAML tag {node.tag!r}", _line(node))
             return None
@@ -878,6 +883,47 @@ class _NodeReader:
             tag = node.tag.removeprefix(_TAG)
             self._report(path, f"cannot read {node.value!r} as {tag}", _line(node))
             return None
+
+
+# libyaml (yaml.CSafeLoader) composes ~8× faster than PyYAML's pure-Python SafeLoader, with the
+# same Python resolver (so the same tags), the same values and the same lines; but its scanner
+# accepts a few things the pure-Python one refuses, or marks their empty values on another line:
+# tabs as separators, a BOM inside the text, "?" (in flow collections and as a key indicator),
+# "|#" and ">#" block scalar headers, a %YAML 1.3 directive (found by differential fuzzing).
+# A text holding any of those characters, or nesting deep enough for the pure-Python composer
+# (or our reader) to exhaust the stack, goes to the pure-Python parser; so does every text
+# libyaml refuses, so that errors keep PyYAML's wording, lines and columns.
+_CSAFE_LOADER: Final[type[Any] | None] = getattr(yaml, "CSafeLoader", None)
+_LIBYAML_DIFFERS_ON: Final = ("\t", "\ufeff", "?", "|", ">")
+_YAML_DIRECTIVE_RE: Final = re.compile("(?:^|[\r\n\x85\u2028\u2029])%")
+_LIBYAML_MAX_LINE_LENGTH: Final = 250
+_LIBYAML_MAX_BRACKETS: Final = 100
+
+
+def _libyaml_agrees(text: str) -> bool:
+    """Return False when libyaml might compose ``text`` unlike PyYAML's pure-Python parser."""
+    if any(character in text for character in _LIBYAML_DIFFERS_ON):
+        return False
+    if _YAML_DIRECTIVE_RE.search(text):
+        return False
+    # Nesting needs indentation (block) or brackets (flow): bounding both bounds the depth.
+    if text.count("[") + text.count("{") > _LIBYAML_MAX_BRACKETS:
+        return False
+    return max(map(len, text.split("\n"))) <= _LIBYAML_MAX_LINE_LENGTH
+
+
+def _compose(text: str) -> Node | None:
+    """Return the YAML tree of ``text`` as ``yaml.compose(text, Loader=yaml.SafeLoader)`` does
+    (same nodes, tags, values, lines; plain style may be "" instead of None), or raise its
+    error."""
+    if _CSAFE_LOADER is not None and _libyaml_agrees(text):
+        try:
+            node: Node | None = yaml.compose(text, Loader=_CSAFE_LOADER)
+        except Exception:  # noqa: S110 # the pure-Python parser below says why
+            pass
+        else:
+            return node
+    return yaml.compose(text, Loader=yaml.SafeLoader)
 
 
 def _yaml11_trap(node: ScalarNode, value: object) -> str | None:
@@ -1122,7 +1168,7 @@ class _Loader:
             self.issue(document, (), f"cannot read {path}: {error.strerror}", None)
             return None
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            node = _compose(text)
             if node is not None:
                 document.marks.lines[()] = _line(node)
                 reader = _NodeReader(
@@ -1557,7 +1603,10 @@ class _Loader:
             token_file = self._credentials_path(
                 self.documents[0], ("api_token_file",), head.api_token_file
             )
-        sites = tuple(self._build_site(head.defaults, entry) for entry in entries)
+        defaults_settings = _resolve_settings((head.defaults,))
+        sites = tuple(
+            self._build_site(head.defaults, defaults_settings, entry) for entry in entries
+        )
         return Config(
             source_path=self.main_path,
             listen_host=host,
@@ -1596,17 +1645,27 @@ class _Loader:
         return Path(first) if first else DEFAULT_STATE_DIR
 
     @staticmethod
-    def _build_site(defaults: SettingsFile, entry: _SiteEntry) -> SiteConfig:
+    def _build_site(
+        defaults: SettingsFile, defaults_settings: RunSettings, entry: _SiteEntry
+    ) -> SiteConfig:
         site = entry.model
         assert site is not None
         assert entry.secret is not None
+        # A layer that sets nothing changes nothing: share the settings of the layers above it.
+        site_settings = (
+            defaults_settings if _sets_no_setting(site) else _resolve_settings((defaults, site))
+        )
         schedules = tuple(
             ScheduleConfig(
                 name=schedule.name,
                 profile=schedule.profile,
                 cron=entry.crons[index],
                 description=schedule.description,
-                settings=_resolve_settings((defaults, site, schedule)),
+                settings=(
+                    site_settings
+                    if _sets_no_setting(schedule)
+                    else _resolve_settings((defaults, site, schedule))
+                ),
             )
             for index, schedule in enumerate(site.schedules)
         )
@@ -1622,9 +1681,17 @@ class _Loader:
             tls_verify=entry.tls_verify,
             http_verb=site.http_verb,
             auth=site.auth,
-            settings=_resolve_settings((defaults, site)),
+            settings=site_settings,
             schedules=schedules,
         )
+
+
+_SETTING_NAMES: Final = frozenset(SettingsFile.model_fields)
+
+
+def _sets_no_setting(layer: SettingsFile) -> bool:
+    """Return True when ``layer`` leaves every run setting to the layers above it."""
+    return _SETTING_NAMES.isdisjoint(layer.model_fields_set)
 
 
 def _resolve_settings(layers: Sequence[SettingsFile]) -> RunSettings:

@@ -17,6 +17,7 @@ range is 1-28 (as in Jenkins), so a hashed day exists in every month.
 from __future__ import annotations
 
 import calendar
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -111,6 +112,16 @@ _LOOKAHEAD_MAX_FIRES = 400
 # Zone offsets are read this far around an instant; every real transition is far rarer.
 _OFFSET_PROBE = timedelta(days=2)
 
+# Memos of next_fire_time and previous_fire_time per (resolved expression, zone): the instants
+# (start, fire) and (fire, limit) of the latest answer computed. Fire times are a fixed set of
+# instants per (resolved, zone), so the next one after any instant in [start, fire) is that same
+# fire, and the latest one at or before any instant in [fire, limit] too. Schedules sharing an
+# expression (and, with H, its hashed values) rescheduled at about the same time compute it
+# once. Dicts keep insertion order: when full, the oldest entry goes.
+_MEMO_SIZE = 65536
+_NEXT_FIRES: dict[tuple[str, ZoneInfo], tuple[datetime, datetime]] = {}
+_PREVIOUS_FIRES: dict[tuple[str, ZoneInfo], tuple[datetime, datetime]] = {}
+
 
 class _FieldError(Exception):
     """A fault in one field; parse_cron adds the expression to the message."""
@@ -131,7 +142,9 @@ def parse_cron(expression: str, hash_key: str) -> CronSchedule:
         resolved = " ".join(
             _resolve_field(value, index, hash_key) for index, value in enumerate(fields)
         )
-        _check_can_fire(resolved)
+        problem = _can_fire_problem(resolved)
+        if problem is not None:
+            raise _FieldError(problem)
     except _FieldError as error:
         raise CronError(f"invalid cron expression {expression!r}: {error}") from None
     return CronSchedule(expression=expression, resolved=resolved)
@@ -144,9 +157,21 @@ def next_fire_time(schedule: CronSchedule, after: datetime, tz: ZoneInfo) -> dat
     with the result never returns the same instant twice. Raise ValueError when ``after`` is naive.
     """
     after_utc = _as_utc(after, "after")
+    key = (schedule.resolved, tz)
+    known = _NEXT_FIRES.get(key)
+    # No fire time lies between a remembered start and the fire time found after it, so the
+    # same fire time is the answer for every instant in between (see _NEXT_FIRES).
+    if known is not None and known[0] <= after_utc < known[1]:
+        return known[1]
+    best = _next_fire_time(schedule.resolved, after_utc, tz)
+    _remember(_NEXT_FIRES, key, (after_utc, best))
+    return best
+
+
+def _next_fire_time(resolved: str, after_utc: datetime, tz: ZoneInfo) -> datetime:
     offset_low, _ = _offset_bounds(tz, after_utc)
     # A wall time w fires at w - offset(w), so only walls after after_utc + offset can fire later.
-    walls = _walls(schedule.resolved, _naive(after_utc) + offset_low, forward=True)
+    walls = _walls(resolved, _naive(after_utc) + offset_low, forward=True)
     best: datetime | None = None
     stop_wall: datetime | None = None
     for wall in walls:
@@ -171,6 +196,18 @@ def previous_fire_time(
     ``at_or_before`` is naive.
     """
     limit_utc = _as_utc(at_or_before, "at_or_before")
+    key = (schedule.resolved, tz)
+    known = _PREVIOUS_FIRES.get(key)
+    # Likewise, nothing fires after a fire time found and up to the limit it was found for.
+    if known is not None and known[0] <= limit_utc <= known[1]:
+        return known[0]
+    latest = _previous_fire_time(schedule.resolved, limit_utc, tz)
+    if latest is not None:
+        _remember(_PREVIOUS_FIRES, key, (latest, limit_utc))
+    return latest
+
+
+def _previous_fire_time(resolved: str, limit_utc: datetime, tz: ZoneInfo) -> datetime | None:
     offset_low, offset_high = _offset_bounds(tz, limit_utc)
     earliest_utc = limit_utc - _LOOKAHEAD_MAX
     # Walls up to limit + (largest offset) can fire at or before the limit; croniter's previous
@@ -179,7 +216,7 @@ def previous_fire_time(
     give_up_wall = _naive(earliest_utc) + offset_low
     best: datetime | None = None
     stop_wall: datetime | None = None
-    for wall in _walls(schedule.resolved, start_wall, forward=False):
+    for wall in _walls(resolved, start_wall, forward=False):
         if wall < give_up_wall:
             break
         instant = _to_utc(wall, tz)
@@ -203,7 +240,28 @@ def expected_interval_seconds(schedule: CronSchedule, tz: ZoneInfo, now: datetim
     when ``now`` is naive.
     """
     local_day = _as_utc(now, "now").astimezone(tz).date()
-    return _expected_interval_seconds(schedule.resolved, tz, local_day)
+    return _expected_interval_seconds(_interval_key(schedule.resolved, tz), tz, local_day)
+
+
+# Zones whose offset never changes: fire instants are wall times less a constant.
+_FIXED_ZONE_KEYS = frozenset({"UTC", "Etc/UTC"})
+
+
+def _interval_key(resolved: str, tz: ZoneInfo) -> str:
+    """Return an expression with the same expected interval as ``resolved`` in ``tz``.
+
+    In a zone that never changes its offset, a single-value minute (or hour) field can be moved
+    to 0: every fire time moves by the same amount, within its day, so the gaps between them,
+    and where the look-ahead stops, stay the same. Schedules spread by H then share one result.
+    """
+    if getattr(tz, "key", None) not in _FIXED_ZONE_KEYS:
+        return resolved
+    minute, hour, rest = resolved.split(" ", 2)
+    if minute.isascii() and minute.isdecimal():
+        minute = "0"
+    if hour.isascii() and hour.isdecimal():
+        hour = "0"
+    return f"{minute} {hour} {rest}"
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -232,22 +290,45 @@ def _field_count_message(count: int) -> str:
 
 def _resolve_field(value: str, index: int, hash_key: str) -> str:
     """Return the field with every H item replaced by its hashed value; raise _FieldError."""
+    if "H" not in value:  # no H item: the same for every key, checked once per text
+        return _plain_field(value, index)
+    return _resolve_items(value, index, hash_key)
+
+
+@lru_cache(maxsize=4096)
+def _plain_field(value: str, index: int) -> str:
+    return _resolve_items(value, index, "")
+
+
+def _resolve_items(value: str, index: int, hash_key: str) -> str:
     field = _FIELDS[index]
     resolved_items = []
     for item_index, item in enumerate(value.split(",")):
         if not item:
             raise _FieldError(f"{field.name} {value!r} has an empty list item")
         if item.startswith("H"):
-            resolved_items.append(_resolve_hash_item(item, field, index, item_index, hash_key))
+            resolved_items.append(_resolve_hash_item(item, index, item_index, hash_key))
         else:
             _check_plain_item(item, field)
             resolved_items.append(item.lower())
     return ",".join(resolved_items)
 
 
-def _resolve_hash_item(
-    item: str, field: _Field, field_index: int, item_index: int, hash_key: str
-) -> str:
+def _resolve_hash_item(item: str, field_index: int, item_index: int, hash_key: str) -> str:
+    low, high, step = _hash_item_range(item, field_index)
+    # The item index keeps two H items of one field apart ("H(0-29),H(30-59)" gives two values).
+    digest = hashlib.sha256(f"{hash_key}\0{field_index}\0{item_index}".encode()).digest()
+    hashed = int.from_bytes(digest[:8], "big")
+    if step is None:
+        return str(low + hashed % (high - low + 1))
+    start = low + hashed % min(step, high - low + 1)
+    return f"{start}-{high}/{step}"
+
+
+@lru_cache(maxsize=4096)
+def _hash_item_range(item: str, field_index: int) -> tuple[int, int, int | None]:
+    """Return (low, high, step or None) of an H item; raise _FieldError."""
+    field = _FIELDS[field_index]
     match = _HASH_ITEM.fullmatch(item)
     if match is None:
         raise _FieldError(f"{field.name} {item!r} is not H, H(a-b), H/n or H(a-b)/n")
@@ -258,14 +339,9 @@ def _resolve_hash_item(
         high = _number(match["high"], field, item)
         if low > high:
             raise _FieldError(f"{field.name} {item!r} has its range backwards ({low} > {high})")
-    # The item index keeps two H items of one field apart ("H(0-29),H(30-59)" gives two values).
-    digest = hashlib.sha256(f"{hash_key}\0{field_index}\0{item_index}".encode()).digest()
-    hashed = int.from_bytes(digest[:8], "big")
     if match["step"] is None:
-        return str(low + hashed % (high - low + 1))
-    step = _step(match["step"], field, item)
-    start = low + hashed % min(step, high - low + 1)
-    return f"{start}-{high}/{step}"
+        return low, high, None
+    return low, high, _step(match["step"], field, item)
 
 
 def _check_plain_item(item: str, field: _Field) -> None:
@@ -316,23 +392,24 @@ def _step(text: str, field: _Field, item: str) -> int:
     return int(text)
 
 
-def _check_can_fire(resolved: str) -> None:
-    """Raise _FieldError when croniter refuses ``resolved`` or it names no existing day."""
+@lru_cache(maxsize=4096)
+def _can_fire_problem(resolved: str) -> str | None:
+    """Return why croniter refuses ``resolved`` or it names no existing day, or None."""
     try:
         expanded, _ = croniter.expand(resolved)
     except (ValueError, KeyError) as error:  # croniter's errors are ValueErrors
-        raise _FieldError(f"croniter refused {resolved!r}: {error}") from None
+        return f"croniter refused {resolved!r}: {error}"
     days, months, weekdays = expanded[2], expanded[3], expanded[4]
     # With a restricted day-of-week the days are OR'ed (croniter's default, as Vixie cron), so
     # some day always matches; otherwise the day of month must exist in one of the months.
     if weekdays != ["*"] or days == ["*"]:
-        return
+        return None
     all_months = range(1, 13) if months == ["*"] else months
     if any(
         day <= calendar.monthrange(_LEAP_YEAR, month)[1] for day in days for month in all_months
     ):
-        return
-    raise _FieldError("it never fires: no month listed has that day")
+        return None
+    return "it never fires: no month listed has that day"
 
 
 # --- iteration -------------------------------------------------------------------------------
@@ -352,6 +429,19 @@ def _walls(resolved: str, start_wall: datetime, *, forward: bool) -> Iterator[da
     while True:
         wall: datetime = step(datetime)
         yield wall
+
+
+def _remember(
+    memo: dict[tuple[str, ZoneInfo], tuple[datetime, datetime]],
+    key: tuple[str, ZoneInfo],
+    span: tuple[datetime, datetime],
+) -> None:
+    memo.pop(key, None)
+    if len(memo) >= _MEMO_SIZE:
+        # Another thread may change the memo meanwhile: then this eviction can wait.
+        with contextlib.suppress(StopIteration, KeyError, RuntimeError):
+            del memo[next(iter(memo))]
+    memo[key] = span
 
 
 def _as_utc(moment: datetime, name: str) -> datetime:

@@ -1078,10 +1078,7 @@ class Scheduler:
     def _add(self, site: SiteConfig, schedule: ScheduleConfig, now: datetime) -> ScheduleEntry:
         entry = ScheduleEntry(site, schedule, ScheduleStats(site.name, schedule.name))
         self._entries[entry.key] = entry
-        self._reschedule(entry, now)
-        entry.expected_interval_seconds = expected_interval_seconds(
-            schedule.cron, schedule.settings.timezone, now
-        )
+        self._reschedule(entry, now)  # sets expected_interval_seconds too
         return entry
 
     def _reschedule(self, entry: ScheduleEntry, now: datetime) -> None:
