@@ -120,6 +120,7 @@ def trigger(daemon: DaemonProcess, site: str, schedule: str = "nightly") -> None
     assert reply.status == 202, reply.text
 
 
+@pytest.mark.timeout(180)  # waits for a minute boundary
 def test_every_fire_runs_once_and_the_limits_hold_fleet_wide(
     simulator: SimulatorProcess, fleet_factory: Any
 ) -> None:
