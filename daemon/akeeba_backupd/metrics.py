@@ -25,7 +25,7 @@ from akeeba_backupd import __version__
 from akeeba_backupd.akeeba import FailureReason
 from akeeba_backupd.exposition import Row, RowFamily, render_rows
 from akeeba_backupd.scheduler import ScheduleEntry, ScheduleState
-from akeeba_backupd.status import Domain, SiteStatus, SkipReason, normalise_domain
+from akeeba_backupd.status import Domain, Histogram, SiteStatus, SkipReason, normalise_domain
 
 SCHEDULE_LABELS = ["site", "schedule"]
 ScheduleKey = tuple[str, str]
@@ -238,13 +238,7 @@ def _entry_rows(entry: ScheduleEntry) -> tuple[list[Row], ...]:
                 add(domain, 1.0 if each is current else 0.0, each.value)
     if stats.last_duration_seconds is not None:
         add(last_duration, stats.last_duration_seconds)
-    histogram = stats.durations
-    cumulative = 0.0
-    for le, seen in histogram.cumulative():
-        cumulative = float(seen)
-        add(durations, cumulative, le, "_bucket")
-    add(durations, cumulative, None, "_count")
-    add(durations, histogram.total, None, "_sum")
+    durations.extend(_histogram_rows(labels, stats.durations))
     count(warnings_total, float(stats.warnings_total))
     if stats.last_success_at is not None:
         add(last_success, _seconds(stats.last_success_at))
@@ -423,18 +417,24 @@ class FleetCollector(Collector):
         )
 
 
+def _histogram_rows(labels: tuple[str, ...], histogram: Histogram) -> list[Row]:
+    """Return one histogram's rows: cumulative buckets, then _count and _sum."""
+    rows: list[Row] = []
+    cumulative = 0.0
+    for le, seen in histogram.cumulative():
+        cumulative = float(seen)
+        rows.append(("_bucket", labels, le, cumulative))
+    rows.append(("_count", labels, None, cumulative))
+    rows.append(("_sum", labels, None, histogram.total))
+    return rows
+
+
 def _site_call_rows(site: SiteStatus) -> tuple[list[Row], list[Row]]:
     """Return one site's rows of the API latency histogram and of the call counter."""
     latency: list[Row] = []
     requests: list[Row] = []
     for method, histogram in sorted(site.api.durations.items()):
-        labels = (site.name, method)
-        cumulative = 0.0
-        for le, seen in histogram.cumulative():
-            cumulative = float(seen)
-            latency.append(("_bucket", labels, le, cumulative))
-        latency.append(("_count", labels, None, cumulative))
-        latency.append(("_sum", labels, None, histogram.total))
+        latency.extend(_histogram_rows((site.name, method), histogram))
     for (method, outcome), count in sorted(site.api.requests_total.items()):
         requests.append(("_total", (site.name, method), outcome, float(count)))
     return latency, requests
