@@ -875,7 +875,12 @@ _NOISE = ":-[]{}#&*!|>'\"%@`,? \t0123456789HTYN.~/\\"
 @st.composite
 def mutated_example(draw: st.DrawFn) -> str:
     """Return config/example.yaml's text with one to four random edits."""
-    lines = EXAMPLE.read_text().split("\n")
+    return _mutate(draw, EXAMPLE.read_text(), _NOISE)
+
+
+def _mutate(draw: st.DrawFn, text: str, noise: str) -> str:
+    """Return ``text`` with one to four random line edits, inserting characters of ``noise``."""
+    lines = text.split("\n")
     for _ in range(draw(st.integers(1, 4))):
         index = draw(st.integers(0, len(lines) - 1))
         line = lines[index]
@@ -890,7 +895,7 @@ def mutated_example(draw: st.DrawFn) -> str:
         elif edit == "dedent":
             lines[index] = line[draw(st.integers(1, 3)) :]
         elif edit == "insert":
-            lines[index] = line[:column] + draw(st.sampled_from(_NOISE)) + line[column:]
+            lines[index] = line[:column] + draw(st.sampled_from(noise)) + line[column:]
         else:
             lines.insert(index, lines[draw(st.integers(0, len(lines) - 1))])
     return "\n".join(lines)
@@ -1064,26 +1069,8 @@ def _libyaml_example() -> str:
 @st.composite
 def mutated_libyaml_example(draw: st.DrawFn) -> str:
     """Return the libyaml-friendly example with one to four random edits (as mutated_example)."""
-    lines = _libyaml_example().split("\n")
     noise = "".join(character for character in _NOISE if character not in "\t?|>%")
-    for _ in range(draw(st.integers(1, 4))):
-        index = draw(st.integers(0, len(lines) - 1))
-        line = lines[index]
-        edit = draw(st.sampled_from(["delete", "swap", "indent", "dedent", "insert", "repeat"]))
-        column = draw(st.integers(0, max(len(line) - 2, 0)))
-        if edit == "delete":
-            del lines[index]
-        elif edit == "swap" and len(line) >= 2:
-            lines[index] = line[:column] + line[column + 1] + line[column] + line[column + 2 :]
-        elif edit == "indent":
-            lines[index] = " " * draw(st.integers(1, 3)) + line
-        elif edit == "dedent":
-            lines[index] = line[draw(st.integers(1, 3)) :]
-        elif edit == "insert":
-            lines[index] = line[:column] + draw(st.sampled_from(noise)) + line[column:]
-        else:
-            lines.insert(index, lines[draw(st.integers(0, len(lines) - 1))])
-    return "\n".join(lines)
+    return _mutate(draw, _libyaml_example(), noise)
 
 
 @settings(

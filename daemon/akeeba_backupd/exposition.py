@@ -54,7 +54,6 @@ class RowFamily(Metric):
         super().__init__(name, documentation, typ)
         self.labelnames = tuple(labelnames)
         self.extra = "le" if typ == "histogram" else extra
-        self.default_suffix = "_total" if typ == "counter" else ""
 
     @property
     def samples(self) -> list[Sample]:
@@ -72,13 +71,7 @@ class RowFamily(Metric):
     @samples.setter
     def samples(self, value: list[Sample]) -> None:
         if value:
-            raise ValueError("add rows with add_row()")
-
-    def add_row(
-        self, labels: tuple[str, ...], extra: str | None, value: float, suffix: str | None = None
-    ) -> None:
-        """Add one sample: base label values, the extra label's value (or None), the value."""
-        self.rows.append((self.default_suffix if suffix is None else suffix, labels, extra, value))
+            raise ValueError("give a RowFamily rows (or rows_source), not samples")
 
 
 _GO_FLOATS: Final = {0.0: "0.0", 1.0: "1.0"}

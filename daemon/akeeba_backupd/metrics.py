@@ -28,7 +28,6 @@ from akeeba_backupd.scheduler import ScheduleEntry, ScheduleState
 from akeeba_backupd.status import Domain, Histogram, SiteStatus, SkipReason, normalise_domain
 
 SCHEDULE_LABELS = ["site", "schedule"]
-ScheduleKey = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
